@@ -1,0 +1,29 @@
+#pragma once
+// The one place where LibTorch 1.13 (Debian, CPU) and 2.x (CUDA builds) differ for us.
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <optional>
+#include <string>
+
+#define GMSA_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+namespace gmsa::compat {
+
+// "1.13.1 (CPU)" or "2.11.0 (CUDA 13.0)".
+std::string torch_version_string();
+
+// Attention over q [B,H,Tq,D], k/v [B,H,Tk,D] (k/v heads already expanded to H).
+// `mask`: bool [B,1,Tq,Tk] (true = may attend) or undefined; `causal` applies the
+// bottom-right-aligned causal mask when no explicit mask is given. On LibTorch >= 2.0 this is
+// the fused scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& mask, bool causal, double scale);
+
+// The same computation written out with matmul + softmax: the reference for tests.
+torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const torch::Tensor& mask, bool causal,
+                                  double scale);
+
+}  // namespace gmsa::compat

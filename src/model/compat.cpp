@@ -1,0 +1,51 @@
+#include "gmsa/model/compat.h"
+
+#include <fmt/format.h>
+
+namespace gmsa::compat {
+
+std::string torch_version_string() {
+  std::string s = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR,
+                              TORCH_VERSION_PATCH);
+  s += torch::cuda::is_available() ? fmt::format(" (CUDA, {} devices)", torch::cuda::device_count())
+                                   : " (CPU)";
+  return s;
+}
+
+static torch::Tensor causal_mask(int64_t tq, int64_t tk, const torch::Device& device) {
+  // Query i (of the last tq positions) sees keys 0 .. tk - tq + i.
+  auto qi = torch::arange(tq, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
+  auto kj = torch::arange(tk, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  return kj <= qi + (tk - tq);
+}
+
+torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const torch::Tensor& mask, bool causal,
+                                  double scale) {
+  auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat) * scale;
+  torch::Tensor allowed = mask;
+  if (!allowed.defined() && causal) allowed = causal_mask(q.size(-2), k.size(-2), q.device());
+  if (allowed.defined())
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  auto probs = torch::softmax(scores, -1);
+  // A fully masked row (only padding queries have one) gives NaN; make it 0 instead.
+  if (allowed.defined()) probs = torch::nan_to_num(probs, 0.0);
+  return torch::matmul(probs.to(v.scalar_type()), v);
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& mask, bool causal, double scale) {
+#if GMSA_TORCH_AT_LEAST(2, 1)
+  if (mask.defined())
+    return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);
+  // is_causal in SDPA is top-left aligned; it matches ours only when tq == tk.
+  if (!causal || q.size(-2) == k.size(-2))
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal, scale);
+  return at::scaled_dot_product_attention(q, k, v, causal_mask(q.size(-2), k.size(-2), q.device()),
+                                          0.0, false, scale);
+#else
+  return attention_reference(q, k, v, mask, causal, scale);
+#endif
+}
+
+}  // namespace gmsa::compat
