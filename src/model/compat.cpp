@@ -12,6 +12,24 @@ std::string torch_version_string() {
   return s;
 }
 
+std::string shape_str(c10::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
+torch::Tensor rng_state(torch::Device device) {
+  auto gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_rng_state(const torch::Tensor& state, torch::Device device) {
+  auto gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
 static torch::Tensor causal_mask(int64_t tq, int64_t tk, const torch::Device& device) {
   // Query i (of the last tq positions) sees keys 0 .. tk - tq + i.
   auto qi = torch::arange(tq, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);

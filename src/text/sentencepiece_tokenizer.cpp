@@ -1,6 +1,13 @@
-// sentencepiece tokenizer.model (LLaMA-2, Mistral, llama2.c, the quickstart's own model).
-#include <sentencepiece_processor.h>
+// sentencepiece tokenizer.model (LLaMA-2, Mistral, llama2.c, the quickstart's own model),
+// through the isolated backend module (see gmsa/text/spm_backend.h for why).
+#include <dlfcn.h>
+#include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
+#include <mutex>
+
+#include "gmsa/text/spm_backend.h"
 #include "gmsa/text/tokenizer.h"
 #include "gmsa/util/error.h"
 #include "gmsa/util/io.h"
@@ -8,41 +15,89 @@
 namespace gmsa {
 namespace {
 
+using BackendFactory = SpmBackend* (*)();
+
+std::string executable_dir() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<size_t>(n));
+  return p.substr(0, p.find_last_of('/'));
+}
+
+BackendFactory load_factory() {
+  static std::once_flag once;
+  static BackendFactory factory = nullptr;
+  static std::string error;
+  std::call_once(once, [] {
+    std::vector<std::string> tried;
+    if (const char* env = std::getenv("GMSA_SPM_MODULE")) tried.push_back(env);
+    const std::string dir = executable_dir();
+    tried.push_back(dir + "/libgmsa_sentencepiece.so");
+    tried.push_back(dir + "/../lib/libgmsa_sentencepiece.so");
+    for (const auto& path : tried) {
+      if (!file_exists(path)) continue;
+      void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (!h) {
+        error += std::string(" ") + path + ": " + ::dlerror() + ";";
+        continue;
+      }
+      factory = reinterpret_cast<BackendFactory>(::dlsym(h, "gmsa_spm_backend_new"));
+      if (factory) return;
+      error += " " + path + ": no gmsa_spm_backend_new;";
+    }
+    error = "cannot load the sentencepiece module (tried " + [&] {
+      std::string s;
+      for (auto& t : tried) s += (s.empty() ? "" : ", ") + t;
+      return s;
+    }() + ")" + error;
+  });
+  if (!factory) fail("{}", error);
+  return factory;
+}
+
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& path) {
-    std::string bytes = read_file(path);
-    auto status = sp_.LoadFromSerializedProto(bytes);
-    if (!status.ok()) fail("{}: not a sentencepiece model: {}", path, status.ToString());
+  explicit SentencePieceTokenizer(const std::string& path) : sp_(make_spm_backend()) {
+    auto err = sp_->load(read_file(path));
+    if (!err.empty()) fail("{}: not a sentencepiece model: {}", path, err);
   }
   std::vector<int> encode(std::string_view text) const override {
     std::vector<int> ids;
-    auto status = sp_.Encode(text, &ids);
-    if (!status.ok()) fail("sentencepiece encode failed: {}", status.ToString());
+    auto err = sp_->encode(std::string(text), &ids);
+    if (!err.empty()) fail("sentencepiece encode failed: {}", err);
     return ids;
   }
   std::string decode(const std::vector<int>& ids) const override {
     std::vector<int> valid;
     valid.reserve(ids.size());
+    const int n = sp_->piece_size();
     for (int id : ids)
-      if (id >= 0 && id < sp_.GetPieceSize() && !sp_.IsControl(id)) valid.push_back(id);
+      if (id >= 0 && id < n && !sp_->is_control(id)) valid.push_back(id);
     std::string out;
-    auto status = sp_.Decode(valid, &out);
-    if (!status.ok()) fail("sentencepiece decode failed: {}", status.ToString());
+    auto err = sp_->decode(valid, &out);
+    if (!err.empty()) fail("sentencepiece decode failed: {}", err);
     return out;
   }
-  int vocab_size() const override { return sp_.GetPieceSize(); }
-  std::string id_to_piece(int id) const override { return sp_.IdToPiece(id); }
-  int bos_id() const override { return sp_.bos_id(); }
-  int eos_id() const override { return sp_.eos_id(); }
-  int pad_id() const override { return sp_.pad_id(); }
+  int vocab_size() const override { return sp_->piece_size(); }
+  std::string id_to_piece(int id) const override { return sp_->id_to_piece(id); }
+  int bos_id() const override { return sp_->bos_id(); }
+  int eos_id() const override { return sp_->eos_id(); }
+  int pad_id() const override { return sp_->pad_id(); }
   std::string kind() const override { return "sentencepiece"; }
 
  private:
-  sentencepiece::SentencePieceProcessor sp_;
+  std::unique_ptr<SpmBackend> sp_;
 };
 
 }  // namespace
+
+std::unique_ptr<SpmBackend> make_spm_backend() { return std::unique_ptr<SpmBackend>(load_factory()()); }
+
+void train_sentencepiece(const std::string& flags) {
+  auto err = make_spm_backend()->train(flags);
+  if (!err.empty()) fail("sentencepiece training failed: {}", err);
+}
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
   return std::make_unique<SentencePieceTokenizer>(model_path);

@@ -26,4 +26,12 @@ torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const torch::Tensor& mask, bool causal,
                                   double scale);
 
+// "[2, 3, 4]" for error messages.
+std::string shape_str(c10::IntArrayRef sizes);
+
+// The default generator's state of a device (CPU or CUDA), to replay random draws exactly
+// (activation checkpointing) and to save them in checkpoints.
+torch::Tensor rng_state(torch::Device device = torch::kCPU);
+void set_rng_state(const torch::Tensor& state, torch::Device device = torch::kCPU);
+
 }  // namespace gmsa::compat

@@ -1,0 +1,104 @@
+#pragma once
+// Building blocks of a LLaMA-family decoder, named like Hugging Face's modules so that
+// named_parameters() gives checkpoint names ("self_attn.q_proj.weight").
+#include <torch/torch.h>
+
+#include "gmsa/model/config.h"
+
+namespace gmsa {
+
+// Low-rank adapter (Hu et al. 2021): y += (dropout(x) A^T B^T) * alpha / r.
+struct LoraSpec {
+  int64_t r = 0;
+  double alpha = 32.0;
+  double dropout = 0.05;
+};
+
+// nn.Linear with an optional LoRA adapter. Parameters are cast to the input's dtype on use,
+// so trained parameters can stay fp32 (master weights) while the compute runs in bf16.
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in, int64_t out, bool bias);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  void add_lora(const LoraSpec& spec);
+  bool has_lora() const { return lora_A.defined(); }
+  // Point this layer's base weight (and bias) at another layer's tensors: no copy.
+  void share_base_from(LinearImpl& other);
+  // Replace shared base tensors by private copies (when the other owner starts training).
+  void untie_base();
+
+  int64_t in_features, out_features;
+  torch::Tensor weight, bias, lora_A, lora_B;
+  double lora_scaling = 0.0, lora_dropout = 0.0;
+};
+TORCH_MODULE(Linear);
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary position embedding tables for one forward pass (shared by every layer).
+struct Rope {
+  torch::Tensor cos, sin;  // [B, 1, T, head_dim], in the compute dtype
+};
+// inv_freq [head_dim / 2] with the config's scaling (default, linear, llama3).
+torch::Tensor rope_inv_freq(const ModelConfig& cfg);
+Rope rope_tables(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
+                 torch::ScalarType dtype);
+torch::Tensor apply_rope(const torch::Tensor& x, const Rope& rope);
+
+// Preallocated per-layer keys and values for incremental decoding.
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // [B, kv_heads, capacity, head_dim] per layer
+  int64_t length = 0;               // positions filled
+  int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
+  static KVCache allocate(const ModelConfig& cfg, int64_t batch, int64_t capacity,
+                          torch::TensorOptions options, int64_t num_layers = -1);
+};
+
+// What an attention call needs besides its input.
+struct AttentionContext {
+  const Rope* rope = nullptr;
+  torch::Tensor mask;  // bool [B, 1, Tq, Tk], true = may attend; undefined = plain causal
+  KVCache* cache = nullptr;
+  int64_t layer = 0;
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
+  int64_t num_heads, num_kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  explicit MLPImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x);
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+// Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const ModelConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // Every Linear of this block by its short name (q_proj, ..., down_proj).
+  std::vector<std::pair<std::string, Linear>> linears();
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+}  // namespace gmsa

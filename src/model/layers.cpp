@@ -1,0 +1,199 @@
+#include "gmsa/model/layers.h"
+
+#include <cmath>
+
+#include "gmsa/model/compat.h"
+#include "gmsa/util/error.h"
+
+namespace gmsa {
+namespace F = torch::nn::functional;
+
+static torch::Tensor cast_like(const torch::Tensor& t, const torch::Tensor& like) {
+  return t.scalar_type() == like.scalar_type() ? t : t.to(like.scalar_type());
+}
+
+// ---------------------------------------------------------------- Linear (+ LoRA)
+
+LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias) : in_features(in), out_features(out) {
+  weight = register_parameter("weight", torch::empty({out, in}));
+  // Kaiming-uniform like nn.Linear; checkpoints overwrite it.
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (has_bias) {
+    double bound = 1.0 / std::sqrt(static_cast<double>(in));
+    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+  }
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  auto y = torch::linear(x, cast_like(weight, x), bias.defined() ? cast_like(bias, x) : torch::Tensor());
+  if (!lora_A.defined()) return y;
+  auto h = lora_dropout > 0 && is_training() ? F::dropout(x, F::DropoutFuncOptions().p(lora_dropout).training(true)) : x;
+  return y + torch::linear(torch::linear(h, cast_like(lora_A, x)), cast_like(lora_B, x)) * lora_scaling;
+}
+
+void LinearImpl::add_lora(const LoraSpec& spec) {
+  GMSA_CHECK(spec.r > 0, "LoRA rank must be positive, got {}", spec.r);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat).device(weight.device());
+  // PEFT's initialisation: A Kaiming-uniform, B zero, so training starts from the base model.
+  auto a = torch::empty({spec.r, in_features}, opts);
+  torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+  lora_A = register_parameter("lora_A", a);
+  lora_B = register_parameter("lora_B", torch::zeros({out_features, spec.r}, opts));
+  lora_scaling = spec.alpha / static_cast<double>(spec.r);
+  lora_dropout = spec.dropout;
+}
+
+void LinearImpl::share_base_from(LinearImpl& other) {
+  GMSA_CHECK(other.in_features == in_features && other.out_features == out_features,
+             "cannot share weights between linear layers of different shapes");
+  weight = register_parameter("weight", other.weight, other.weight.requires_grad());
+  if (other.bias.defined()) bias = register_parameter("bias", other.bias, other.bias.requires_grad());
+}
+
+void LinearImpl::untie_base() {
+  torch::NoGradGuard guard;
+  weight = register_parameter("weight", weight.detach().clone(), false);
+  if (bias.defined()) bias = register_parameter("bias", bias.detach().clone(), false);
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // As transformers: normalise in fp32, cast back, then scale in the input dtype.
+  auto xf = x.to(torch::kFloat);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return cast_like(weight, x) * normed.to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------- RoPE
+
+torch::Tensor rope_inv_freq(const ModelConfig& cfg) {
+  const int64_t dim = cfg.head_dim;
+  auto exponent = torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) / static_cast<double>(dim);
+  auto inv_freq = 1.0 / torch::pow(torch::tensor(cfg.rope_theta, torch::kFloat), exponent);
+  const auto& rs = cfg.rope_scaling;
+  if (rs.type == "linear") return inv_freq / rs.factor;
+  if (rs.type != "llama3") return inv_freq;
+  // LLaMA-3.1 frequency-dependent scaling: long wavelengths are divided by `factor`, short
+  // ones kept, and the band between is interpolated smoothly.
+  const double old_len = static_cast<double>(rs.original_max_position_embeddings);
+  const double low_wavelen = old_len / rs.low_freq_factor;
+  const double high_wavelen = old_len / rs.high_freq_factor;
+  auto wavelen = 2 * M_PI / inv_freq;
+  auto scaled = torch::where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq);
+  auto smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+  auto smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+  auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+  return torch::where(medium, smoothed, scaled);
+}
+
+Rope rope_tables(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
+                 torch::ScalarType dtype) {
+  auto freqs = position_ids.to(torch::kFloat).unsqueeze(-1) * inv_freq.to(position_ids.device()).view({1, 1, -1});
+  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // [B, 1, T, D]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const Rope& rope) {
+  const int64_t half = x.size(-1) / 2;
+  auto rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * rope.cos + rotated * rope.sin;
+}
+
+KVCache KVCache::allocate(const ModelConfig& cfg, int64_t batch, int64_t capacity,
+                          torch::TensorOptions options, int64_t num_layers) {
+  KVCache c;
+  int64_t n = num_layers < 0 ? cfg.num_hidden_layers : num_layers;
+  for (int64_t i = 0; i < n; ++i) {
+    c.k.push_back(torch::zeros({batch, cfg.num_key_value_heads, capacity, cfg.head_dim}, options));
+    c.v.push_back(torch::zeros({batch, cfg.num_key_value_heads, capacity, cfg.head_dim}, options));
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- Attention
+
+AttentionImpl::AttentionImpl(const ModelConfig& cfg)
+    : num_heads(cfg.num_attention_heads), num_kv_heads(cfg.num_key_value_heads), head_dim(cfg.head_dim) {
+  const bool qkv_bias = cfg.has_qkv_bias();
+  q_proj = register_module("q_proj", Linear(cfg.hidden_size, cfg.q_dim(), qkv_bias));
+  k_proj = register_module("k_proj", Linear(cfg.hidden_size, cfg.kv_dim(), qkv_bias));
+  v_proj = register_module("v_proj", Linear(cfg.hidden_size, cfg.kv_dim(), qkv_bias));
+  o_proj = register_module("o_proj", Linear(cfg.q_dim(), cfg.hidden_size, cfg.o_proj_bias));
+  if (cfg.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(cfg.head_dim, cfg.rms_norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(cfg.head_dim, cfg.rms_norm_eps));
+  }
+}
+
+// [B, Hkv, T, D] -> [B, Hkv * groups, T, D], each kv head serving `groups` query heads.
+static torch::Tensor repeat_kv(const torch::Tensor& x, int64_t groups) {
+  if (groups == 1) return x;
+  auto s = x.sizes();
+  return x.unsqueeze(2).expand({s[0], s[1], groups, s[2], s[3]}).reshape({s[0], s[1] * groups, s[2], s[3]});
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, num_heads, head_dim});
+  auto k = k_proj(x).view({B, T, num_kv_heads, head_dim});
+  auto v = v_proj(x).view({B, T, num_kv_heads, head_dim}).transpose(1, 2);
+  if (!q_norm.is_empty()) {
+    q = q_norm(q);
+    k = k_norm(k);
+  }
+  q = apply_rope(q.transpose(1, 2), *ctx.rope);
+  k = apply_rope(k.transpose(1, 2), *ctx.rope);
+  if (ctx.cache) {
+    auto& ck = ctx.cache->k[ctx.layer];
+    auto& cv = ctx.cache->v[ctx.layer];
+    const int64_t start = ctx.cache->length, end = start + T;
+    GMSA_CHECK(end <= ck.size(2), "KV cache overflow: {} positions needed, capacity {}", end, ck.size(2));
+    ck.narrow(2, start, T).copy_(k);
+    cv.narrow(2, start, T).copy_(v);
+    k = ck.narrow(2, 0, end);
+    v = cv.narrow(2, 0, end);
+  }
+  const int64_t groups = num_heads / num_kv_heads;
+  auto out = compat::attention(q, repeat_kv(k, groups), repeat_kv(v, groups), ctx.mask,
+                               /*causal=*/true, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+  return o_proj(out.transpose(1, 2).reshape({B, T, num_heads * head_dim}));
+}
+
+// ---------------------------------------------------------------- MLP and block
+
+MLPImpl::MLPImpl(const ModelConfig& cfg) {
+  gate_proj = register_module("gate_proj", Linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias));
+  up_proj = register_module("up_proj", Linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias));
+  down_proj = register_module("down_proj", Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
+  self_attn = register_module("self_attn", Attention(cfg));
+  mlp = register_module("mlp", MLP(cfg));
+  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  auto h = x + self_attn->forward(input_layernorm(x), ctx);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+std::vector<std::pair<std::string, Linear>> DecoderLayerImpl::linears() {
+  return {{"q_proj", self_attn->q_proj}, {"k_proj", self_attn->k_proj},
+          {"v_proj", self_attn->v_proj}, {"o_proj", self_attn->o_proj},
+          {"gate_proj", mlp->gate_proj}, {"up_proj", mlp->up_proj},
+          {"down_proj", mlp->down_proj}};
+}
+
+}  // namespace gmsa

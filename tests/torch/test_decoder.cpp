@@ -1,0 +1,188 @@
+#include <fstream>
+
+#include "gmsa/io/llama2c.h"
+#include "gmsa/model/decoder.h"
+#include "gmsa/model/generation.h"
+#include "gmsa/text/tokenizer.h"
+#include "gmsa/util/error.h"
+#include "test_util.h"
+
+using namespace gmsa;
+using gmsa::testing::max_rel_diff;
+
+namespace {
+
+Decoder make(const std::string& type, uint64_t seed = 0) {
+  Decoder d(gmsa::testing::tiny_config(type));
+  gmsa::testing::randomize(*d, seed);
+  d->eval();
+  return d;
+}
+
+torch::Tensor random_ids(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+  torch::manual_seed(seed);
+  return torch::randint(3, V, {B, T}, torch::kLong);
+}
+
+}  // namespace
+
+class DecoderFamilies : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecoderFamilies, IncrementalDecodingMatchesFullForward) {
+  auto d = make(GetParam());
+  torch::NoGradGuard g;
+  auto ids = random_ids(2, 12, 97, 1);
+  auto full = d->forward({ids}).logits;
+  auto cache = KVCache::allocate(d->config(), 2, 12, torch::TensorOptions());
+  DecoderInput a;
+  a.input_ids = ids.narrow(1, 0, 7);
+  a.cache = &cache;
+  auto first = d->forward(a).logits;
+  std::vector<torch::Tensor> steps{first};
+  for (int64_t t = 7; t < 12; ++t) {
+    DecoderInput s;
+    s.input_ids = ids.narrow(1, t, 1);
+    s.cache = &cache;
+    steps.push_back(d->forward(s).logits);
+  }
+  EXPECT_LT(max_rel_diff(torch::cat(steps, 1), full), 1e-5);
+}
+
+TEST_P(DecoderFamilies, EmbeddingsInputEqualsIds) {
+  auto d = make(GetParam());
+  torch::NoGradGuard g;
+  auto ids = random_ids(2, 9, 97, 2);
+  DecoderInput e;
+  e.inputs_embeds = d->embed(ids);
+  EXPECT_TRUE(torch::equal(d->forward({ids}).logits, d->forward(e).logits));
+}
+
+TEST_P(DecoderFamilies, LeftPaddedRowMatchesUnpadded) {
+  auto d = make(GetParam());
+  torch::NoGradGuard g;
+  auto ids = random_ids(1, 6, 97, 3);
+  auto alone = d->forward({ids}).logits;
+  auto padded_ids = torch::cat({torch::zeros({1, 4}, torch::kLong), ids}, 1);
+  DecoderInput p;
+  p.input_ids = padded_ids;
+  p.attention_mask = torch::cat({torch::zeros({1, 4}, torch::kLong), torch::ones({1, 6}, torch::kLong)}, 1);
+  p.position_ids = positions_from_mask(p.attention_mask);
+  auto out = d->forward(p).logits.narrow(1, 4, 6);
+  EXPECT_LT(max_rel_diff(out, alone), 1e-5);
+  EXPECT_FALSE(d->forward(p).logits.isnan().any().item<bool>());
+}
+
+INSTANTIATE_TEST_SUITE_P(All, DecoderFamilies, ::testing::Values("llama", "mistral", "qwen2", "qwen3"));
+
+TEST(Decoder, FirstKLayersAndHiddenAfterLayer) {
+  auto d = make("llama");
+  torch::NoGradGuard g;
+  auto ids = random_ids(1, 5, 97, 4);
+  DecoderInput a;
+  a.input_ids = ids;
+  a.num_layers = 2;
+  a.final_norm = false;
+  a.compute_logits = false;
+  auto two = d->forward(a).last_hidden;
+  DecoderInput b;
+  b.input_ids = ids;
+  b.hidden_after_layer = 2;
+  auto full = d->forward(b);
+  EXPECT_TRUE(torch::equal(two, full.hidden_at));
+  EXPECT_FALSE(torch::equal(two, full.last_hidden));
+}
+
+TEST(Decoder, QwenHasQkvBiasAndQwen3HasQkNorm) {
+  auto names = [](Decoder d) {
+    std::set<std::string> s;
+    for (auto& p : d->named_parameters()) s.insert(p.key());
+    return s;
+  };
+  auto q2 = names(Decoder(gmsa::testing::tiny_config("qwen2")));
+  EXPECT_TRUE(q2.count("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_FALSE(q2.count("model.layers.0.self_attn.o_proj.bias"));
+  auto q3 = names(Decoder(gmsa::testing::tiny_config("qwen3")));
+  EXPECT_TRUE(q3.count("model.layers.2.self_attn.k_norm.weight"));
+  EXPECT_FALSE(q3.count("model.layers.0.self_attn.q_proj.bias"));
+  auto ll = names(Decoder(gmsa::testing::tiny_config("llama")));
+  EXPECT_TRUE(ll.count("lm_head.weight"));
+}
+
+TEST(Generation, BatchOfDifferentLengthsMatchesOneByOne) {
+  auto d = make("llama", 7);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 8;
+  cfg.eos_ids = {-1};
+  std::vector<GenerationPrompt> prompts = {{{}, {5, 9, 11}}, {{}, {7, 8, 9, 10, 12, 30, 31}}};
+  auto batched = generate(d, prompts, cfg);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = generate(d, {prompts[i]}, cfg);
+    EXPECT_EQ(batched.tokens[i], alone.tokens[0]) << "prompt " << i;
+  }
+}
+
+TEST(Generation, SoftPrefixEqualsItsTokens) {
+  auto d = make("llama", 8);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 6;
+  cfg.eos_ids = {-1};
+  std::vector<int64_t> ids{4, 5, 6, 7, 8};
+  auto prefix = d->embed(torch::tensor(std::vector<int64_t>{4, 5, 6}, torch::kLong)).detach();
+  auto a = generate(d, {{{}, ids}}, cfg);
+  auto b = generate(d, {{prefix, {7, 8}}}, cfg);
+  EXPECT_EQ(a.tokens[0], b.tokens[0]);
+}
+
+TEST(Generation, RepetitionPenaltyChangesGreedyAndSamplingIsSeeded) {
+  auto d = make("llama", 9);
+  GenerationConfig g;
+  g.max_new_tokens = 20;
+  g.eos_ids = {-1};
+  auto plain = generate(d, {{{}, {3, 4}}}, g).tokens[0];
+  g.repetition_penalty = 5.0;
+  auto pen = generate(d, {{{}, {3, 4}}}, g).tokens[0];
+  std::set<int64_t> distinct_plain(plain.begin(), plain.end()), distinct_pen(pen.begin(), pen.end());
+  EXPECT_GT(distinct_pen.size(), distinct_plain.size());
+  GenerationConfig s;
+  s.max_new_tokens = 10;
+  s.do_sample = true;
+  s.top_k = 20;
+  s.top_p = 0.9;
+  s.seed = 123;
+  s.eos_ids = {-1};
+  auto s1 = generate(d, {{{}, {3, 4}}}, s).tokens[0];
+  auto s2 = generate(d, {{{}, {3, 4}}}, s).tokens[0];
+  EXPECT_EQ(s1, s2);
+  s.seed = 124;
+  EXPECT_NE(generate(d, {{{}, {3, 4}}}, s).tokens[0], s1);
+}
+
+TEST(Llama2c, Stories260kGreedyReproducesPublishedSample) {
+  GMSA_REQUIRE_DATA("llama2c-stories260k/stories260K.bin");
+  auto ck = read_llama2c(data_path);
+  Decoder d(ck.config);
+  load_parameters(*d, ck.tensors, data_path);
+  auto tok = load_tokenizer(gmsa::testing::data_dir() + "/llama2c-stories260k/tok512.model");
+  auto ids = tok->encode("Once upon a time", /*add_bos=*/true, false);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 60;
+  auto out = generate(d, {{{}, std::vector<int64_t>(ids.begin(), ids.end())}}, cfg);
+  std::vector<int> all(ids.begin(), ids.end());
+  all.insert(all.end(), out.tokens[0].begin(), out.tokens[0].end());
+  const std::string text = tok->decode(all);
+  const std::string published =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park. One day, she saw a big, red ball.";
+  EXPECT_EQ(text.substr(0, published.size()), published) << text;
+}
+
+TEST(Llama2c, TruncatedFileIsAClearError) {
+  gmsa::testing::TempDir dir;
+  std::ofstream(dir / "bad.bin", std::ios::binary) << std::string(40, '\x01');
+  try {
+    read_llama2c(dir / "bad.bin");
+    FAIL();
+  } catch (const gmsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.bin"), std::string::npos) << e.what();
+  }
+}
