@@ -1,0 +1,42 @@
+#include "gmsa/compressor/group_merging.h"
+
+#include "gmsa/model/compat.h"
+#include "gmsa/util/error.h"
+
+namespace gmsa {
+
+torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tensor& rates) {
+  return torch::div(lengths + rates - 1, rates, "floor");
+}
+
+SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
+                       const torch::Tensor& rates) {
+  GMSA_CHECK(hidden.dim() == 3, "group_merge: hidden must be [B, T, H], got {}",
+             compat::shape_str(hidden.sizes()));
+  const int64_t B = hidden.size(0), T = hidden.size(1), H = hidden.size(2);
+  GMSA_CHECK(mask.dim() == 2 && mask.size(0) == B && mask.size(1) == T,
+             "group_merge: mask must be [{}, {}], got {}", B, T, compat::shape_str(mask.sizes()));
+  GMSA_CHECK(rates.dim() == 1 && rates.size(0) == B, "group_merge: rates must be [{}]", B);
+  auto device = hidden.device();
+  auto r = rates.to(device, torch::kLong);
+  GMSA_CHECK((r >= 1).all().item<bool>(), "compression rate must be >= 1");
+  auto valid = mask.to(device).to(torch::kBool);
+  // The k-th real token of a row (k counted from 0 over real tokens only) joins group k / r.
+  auto rank = valid.to(torch::kLong).cumsum(1) - 1;
+  auto group = torch::div(rank, r.unsqueeze(1), "floor");
+  auto lengths = valid.sum(1);
+  auto counts = soft_token_counts(lengths, r);
+  const int64_t M = std::max<int64_t>(counts.max().item<int64_t>(), 1);
+  // Flat slot b * M + group for real tokens; padding goes to a spare slot that is dropped.
+  auto rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
+  auto slot = torch::where(valid, rows * M + group, torch::full_like(group, B * M)).view({-1});
+  auto sums = torch::zeros({B * M + 1, H}, hidden.options().dtype(torch::kFloat));
+  sums.index_add_(0, slot, hidden.reshape({B * T, H}).to(torch::kFloat));
+  auto sizes = torch::zeros({B * M + 1}, sums.options());
+  sizes.index_add_(0, slot, valid.view({-1}).to(torch::kFloat));
+  auto means = sums.narrow(0, 0, B * M) / sizes.narrow(0, 0, B * M).clamp_min(1).unsqueeze(1);
+  auto soft_mask = (torch::arange(M, rows.options()).unsqueeze(0) < counts.unsqueeze(1)).to(torch::kLong);
+  return {means.view({B, M, H}).to(hidden.scalar_type()), soft_mask, counts};
+}
+
+}  // namespace gmsa
