@@ -15,7 +15,7 @@ struct CommandRegistrar {
   CommandRegistrar(int order, CommandSetup setup);
 };
 
-// Parses "key=value" overrides of --set (shared by train, eval, config show).
+// Adds every registered subcommand to the app, in registration order.
 void run_registered_setups(CLI::App& app);
 
 }  // namespace gmsa::cli

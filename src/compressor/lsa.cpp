@@ -46,7 +46,7 @@ LSAImpl::LSAImpl(Decoder& decoder, const CompressorConfig& cfg)
     norm->weight.copy_(decoder->model->norm->weight);
     norm->weight.set_requires_grad(false);
   }
-  inv_freq_ = register_buffer("inv_freq", decoder->inv_freq.clone());
+  inv_freq_ = decoder->inv_freq;  // fp32, not a buffer (see DecoderImpl)
   to(device);
 }
 

@@ -28,7 +28,8 @@ DecoderImpl::DecoderImpl(const ModelConfig& cfg) : cfg_(cfg) {
   model = register_module("model", DecoderBody(cfg_));
   if (!cfg_.tie_word_embeddings)
     lm_head = register_module("lm_head", Linear(cfg_.hidden_size, cfg_.vocab_size, false));
-  inv_freq = register_buffer("inv_freq", rope_inv_freq(cfg_));
+  // Not a registered buffer: Module::to(dtype) would round it to bf16.
+  inv_freq = rope_inv_freq(cfg_);
 }
 
 torch::Tensor DecoderImpl::embed(const torch::Tensor& ids) {
@@ -113,6 +114,7 @@ torch::Tensor DecoderImpl::run_layers(torch::Tensor x, const torch::Tensor& posi
                                       int64_t first, int64_t last) {
   const int64_t T = x.size(1);
   const int64_t past = cache ? cache->length : 0;
+  if (inv_freq.device() != x.device()) inv_freq = inv_freq.to(x.device());
   Rope rope = rope_tables(inv_freq, position_ids, x.scalar_type());
   auto mask = build_attention_mask(key_mask, T, past + T, cfg_.sliding_window, x.device());
   const bool checkpoint = checkpointing_ && is_training() && torch::GradMode::is_enabled() && !cache;

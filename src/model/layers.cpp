@@ -93,7 +93,8 @@ torch::Tensor rope_inv_freq(const ModelConfig& cfg) {
 
 Rope rope_tables(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
                  torch::ScalarType dtype) {
-  auto freqs = position_ids.to(torch::kFloat).unsqueeze(-1) * inv_freq.to(position_ids.device()).view({1, 1, -1});
+  auto freqs = position_ids.to(torch::kFloat).unsqueeze(-1) *
+               inv_freq.to(position_ids.device(), torch::kFloat).view({1, 1, -1});
   auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // [B, 1, T, D]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }

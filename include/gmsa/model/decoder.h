@@ -69,7 +69,7 @@ class DecoderImpl : public torch::nn::Module {
   const ModelConfig& config() const { return cfg_; }
   DecoderBody model{nullptr};
   Linear lm_head{nullptr};  // null when tie_word_embeddings
-  torch::Tensor inv_freq;
+  torch::Tensor inv_freq;  // fp32 RoPE frequencies, moved to the input's device on use
 
  private:
   ModelConfig cfg_;

@@ -1,0 +1,56 @@
+#include "gmsa/compressor/decoder_input.h"
+
+#include "gmsa/model/compat.h"
+#include "gmsa/util/error.h"
+
+namespace gmsa {
+
+TextBatch TextBatch::to(torch::Device d) const {
+  return {ids.to(d, /*non_blocking=*/true), prompt_lengths.to(d, true), target_lengths.to(d, true)};
+}
+
+PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const TextBatch& text) {
+  const int64_t B = text.ids.size(0), P = text.ids.size(1);
+  auto device = text.ids.device();
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const bool has_soft = soft.embeds.defined();
+  if (has_soft)
+    GMSA_CHECK(soft.embeds.size(0) == B, "decoder input: {} soft rows for {} text rows",
+               soft.embeds.size(0), B);
+  auto m = has_soft ? soft.lengths.to(device, torch::kLong) : torch::zeros({B}, opts);
+  auto p = text.prompt_lengths.to(device, torch::kLong);
+  auto n = text.target_lengths.to(device, torch::kLong);
+  auto lengths = m + p + n;
+  const int64_t T = lengths.max().item<int64_t>();
+  auto t = torch::arange(T, opts).unsqueeze(0);  // [1, T]
+  auto rel = t - m.unsqueeze(1);                 // position inside the text part
+  auto text_at = text.ids.gather(1, rel.clamp(0, std::max<int64_t>(P - 1, 0)));
+  auto embeds = decoder->embed(text_at);
+  if (has_soft) {
+    const int64_t M = soft.embeds.size(1), H = soft.embeds.size(2);
+    auto soft_at = soft.embeds.to(embeds.scalar_type())
+                       .gather(1, t.clamp_max(M - 1).expand({B, T}).unsqueeze(-1).expand({B, T, H}));
+    embeds = torch::where((t < m.unsqueeze(1)).unsqueeze(-1), soft_at, embeds);
+  }
+  auto pad = (t >= lengths.unsqueeze(1)).unsqueeze(-1);
+  embeds = embeds.masked_fill(pad, 0);
+  // Position t predicts position t + 1; only target positions carry a label.
+  auto next = rel + 1;
+  auto is_target = (next >= p.unsqueeze(1)).logical_and(next < (p + n).unsqueeze(1));
+  auto next_tok = text.ids.gather(1, next.clamp(0, std::max<int64_t>(P - 1, 0)));
+  auto labels = torch::where(is_target, next_tok, torch::full_like(next_tok, -100));
+  return {embeds, labels, lengths};
+}
+
+LossSums target_loss(Decoder& decoder, const PackedInput& input) {
+  DecoderInput in;
+  in.inputs_embeds = input.embeds;
+  auto logits = decoder->forward(in).logits;  // right padding: plain causal attention
+  const int64_t V = logits.size(-1);
+  auto nll = torch::nn::functional::cross_entropy(
+      logits.view({-1, V}), input.labels.view({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  return {nll, input.labels.ne(-100).sum()};
+}
+
+}  // namespace gmsa
