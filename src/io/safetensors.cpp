@@ -172,8 +172,8 @@ SafetensorsTensorInfo parse_entry(const std::string& path, const std::string& na
   if (!expected || *expected != e - b)
     fail("{}: tensor \"{}\" ({}, shape [{}]): data_offsets [{},{}] span {} bytes, expected {}",
          path, name, info.dtype_name, fmt::join(info.shape, ", "), b, e, e - b,
-         expected ? std::to_string(*expected) + " (numel x " +
-                        std::to_string(item_size(info.dtype)) + ")"
+         expected ? fmt::format("{} ({} elements x {} bytes)", *expected,
+                                *expected / item_size(info.dtype), item_size(info.dtype))
                   : std::string("more than 2^64"));
   return info;
 }
@@ -189,6 +189,17 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
     out[key] = value.get<std::string>();
   }
   return out;
+}
+
+// LibTorch's kernels assume bool bytes are 0 or 1 (anything else is undefined behaviour), and
+// the format does not promise it; checked when the data are read, not at open.
+void check_bool_bytes(const std::string& path, const SafetensorsTensorInfo& info,
+                      const uint8_t* data) {
+  if (info.dtype != torch::kBool) return;
+  for (uint64_t k = 0; k < info.nbytes(); ++k)
+    if (data[k] > 1)
+      fail("{}: tensor \"{}\": BOOL element {} is stored as byte {}, expected 0 or 1", path,
+           info.name, k, data[k]);
 }
 
 // The spec requires the tensors to tile the data buffer exactly: no overlaps (two tensors
@@ -234,7 +245,7 @@ class AtomicWriter {
     tmp_ = path_ + ".tmp." + std::to_string(::getpid()) + "." +
            std::to_string(std::random_device{}());
     f_ = std::fopen(tmp_.c_str(), "wb");
-    if (!f_) fail("{}: cannot write: {}", tmp_, std::strerror(errno));
+    if (!f_) fail("{}: cannot write: {}", path_, std::strerror(errno));
   }
   ~AtomicWriter() {
     if (f_) std::fclose(f_);
@@ -508,6 +519,7 @@ const SafetensorsTensorInfo& SafetensorsFile::info(const std::string& name) cons
 
 torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const auto& i = info(name);
+  check_bool_bytes(path_, i, data_ + i.begin);
   auto t = torch::empty(i.shape, torch::TensorOptions().dtype(i.dtype));
   if (i.nbytes() > 0) std::memcpy(t.data_ptr(), data_ + i.begin, i.nbytes());
   return t;
@@ -522,6 +534,7 @@ torch::Tensor SafetensorsFile::tensor_view(const std::string& name) const {
   const auto& i = info(name);
   const uint8_t* p = data_ + i.begin;
   if (reinterpret_cast<uintptr_t>(p) % item_size(i.dtype) != 0) return tensor(name);
+  check_bool_bytes(path_, i, p);
   std::shared_ptr<const Mapping> keep = map_;
   return torch::from_blob(const_cast<uint8_t*>(p), i.shape, [keep](void*) {},
                           torch::TensorOptions().dtype(i.dtype));
