@@ -143,18 +143,21 @@ void BatchSampler::load_epoch(int64_t epoch) {
   loaded_epoch_ = epoch;
 }
 
-std::vector<int64_t> BatchSampler::next_batch() {
-  if (cursor_ + opt_.rank >= global_batches_) {  // this rank has no batch left in this round
+void BatchSampler::roll_over_if_done() {
+  // Done with the epoch once this rank's next global index is past the end. Ranks whose last
+  // round is short roll over together with those that complete it, so states agree again.
+  if (cursor_ + opt_.rank >= global_batches_) {
     ++epoch_;
     cursor_ = 0;
   }
+}
+
+std::vector<int64_t> BatchSampler::next_batch() {
+  roll_over_if_done();  // a restored state may point past this rank's share
   load_epoch(epoch_);
   std::vector<int64_t> batch = batches_[static_cast<size_t>(cursor_ + opt_.rank)];
   cursor_ += opt_.world_size;
-  if (cursor_ >= global_batches_) {
-    ++epoch_;
-    cursor_ = 0;
-  }
+  roll_over_if_done();
   return batch;
 }
 

@@ -57,8 +57,8 @@ struct SamplerOptions {
 
 // Where the sampler stands. `cursor` counts GLOBAL batches of `epoch` already handed out to
 // all ranks (a multiple of world_size between rounds), so every rank saves the same state and a
-// run may resume with another world size. (Without even_shards, a rank that has no batch in an
-// epoch's last round moves on early, so ranks' states differ there by one epoch.)
+// run may resume with another world size. (Without even_shards, the ranks that get a batch in
+// an epoch's short last round are one state behind the others until they have taken it.)
 // `fingerprint` hashes the example count, the lengths when bucketing, and the options other
 // than rank / world size; restore() refuses a state from a different configuration.
 struct SamplerState {
@@ -93,6 +93,7 @@ class BatchSampler {
 
  private:
   void load_epoch(int64_t epoch);
+  void roll_over_if_done();
 
   std::vector<int64_t> lengths_;
   SamplerOptions opt_;
