@@ -36,24 +36,30 @@ void run_convert(const ConvertArgs& a, bool doc_template_given) {
   gmsa::write_qa_jsonl(a.out, r.examples);
   fmt::print("{}: read {} examples, wrote {} to {}, skipped {}\n", a.in, r.stats.read,
              r.stats.written, a.out, r.stats.total_skipped());
-  for (const auto& [reason, count] : r.stats.skipped) fmt::print("  skipped {}: {}\n", count, reason);
+  for (const auto& [reason, count] : r.stats.skipped)
+    fmt::print("  skipped {}: {}\n", count, reason);
 }
 
 void add_convert(CLI::App* data) {
   auto args = std::make_shared<ConvertArgs>();
-  auto* cmd = data->add_subcommand("convert", "Convert a benchmark file to the GMSA QA schema (JSONL)");
-  cmd->add_option("--from", args->from, "Source format: " + fmt::format("{}", fmt::join(gmsa::source_format_names(), ", ")))
+  auto* cmd =
+      data->add_subcommand("convert", "Convert a benchmark file to the GMSA QA schema (JSONL)");
+  cmd->add_option(
+         "--from", args->from,
+         "Source format: " + fmt::format("{}", fmt::join(gmsa::source_format_names(), ", ")))
       ->required();
   cmd->add_option("input", args->in, "Source file (.gz read transparently)")->required();
   cmd->add_option("output", args->out, "Output QA JSONL file")->required();
-  cmd->add_option("--num-docs", args->num_docs,
-                  "Documents per example (0: all; nq-oracle: 10); non-gold ones are dropped from the end");
+  cmd->add_option(
+      "--num-docs", args->num_docs,
+      "Documents per example (0: all; nq-oracle: 10); non-gold ones are dropped from the end");
   cmd->add_option("--gold-position", args->gold_position,
                   "keep|first|middle|last|random|<0-based index> (default keep; nq-oracle random)");
   cmd->add_option("--seed", args->seed, "Seed for distractors and random gold positions");
-  auto* tpl = cmd->add_option("--doc-template", args->doc_template,
-                              "Per-document template with {index} {title} {text} (default \"" +
-                                  std::string(gmsa::kDefaultDocTemplate) + "\"; squad: raw context)");
+  auto* tpl =
+      cmd->add_option("--doc-template", args->doc_template,
+                      "Per-document template with {index} {title} {text} (default \"" +
+                          std::string(gmsa::kDefaultDocTemplate) + "\"; squad: raw context)");
   cmd->add_option("--question-template", args->question_template,
                   "Prompt template with {question} {id} (kv-retrieval also {key})")
       ->capture_default_str();

@@ -1,10 +1,9 @@
 #include "gmsa/data/convert.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cctype>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_map>
 
@@ -22,9 +21,9 @@ namespace {
 
 const std::vector<std::pair<std::string, SourceFormat>>& format_table() {
   static const std::vector<std::pair<std::string, SourceFormat>> t = {
-      {"nq-litm", SourceFormat::NqLitm},     {"nq-oracle", SourceFormat::NqOracle},
-      {"hotpotqa", SourceFormat::HotpotQa},  {"2wiki", SourceFormat::TwoWiki},
-      {"squad", SourceFormat::Squad},        {"kv-retrieval", SourceFormat::KvRetrieval}};
+      {"nq-litm", SourceFormat::NqLitm},    {"nq-oracle", SourceFormat::NqOracle},
+      {"hotpotqa", SourceFormat::HotpotQa}, {"2wiki", SourceFormat::TwoWiki},
+      {"squad", SourceFormat::Squad},       {"kv-retrieval", SourceFormat::KvRetrieval}};
   return t;
 }
 
@@ -53,14 +52,18 @@ std::string source_format_name(SourceFormat format) {
 
 GoldPosition GoldPosition::parse(const std::string& text) {
   using K = Kind;
-  static const std::map<std::string, K> named = {{"keep", K::Keep},     {"first", K::First},
-                                                 {"middle", K::Middle}, {"last", K::Last},
+  static const std::map<std::string, K> named = {{"keep", K::Keep},
+                                                 {"first", K::First},
+                                                 {"middle", K::Middle},
+                                                 {"last", K::Last},
                                                  {"random", K::Random}};
   if (auto it = named.find(text); it != named.end()) return {it->second, 0};
   bool digits = !text.empty() && text.size() < 10 &&
                 std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
-  GMSA_CHECK(digits, "gold position \"{}\": expected keep, first, middle, last, random or a "
-             "0-based index", text);
+  GMSA_CHECK(digits,
+             "gold position \"{}\": expected keep, first, middle, last, random or a "
+             "0-based index",
+             text);
   return {K::Index, std::stoll(text)};
 }
 
@@ -72,7 +75,8 @@ int64_t ConvertStats::total_skipped() const {
 
 // ---------------------------------------------------------------- building blocks
 
-std::string format_template(const std::string& tpl, const std::map<std::string, std::string>& values,
+std::string format_template(const std::string& tpl,
+                            const std::map<std::string, std::string>& values,
                             const std::string& what) {
   std::string out;
   out.reserve(tpl.size() + 64);
@@ -119,12 +123,23 @@ bool place_gold(std::vector<Document>& docs, const GoldPosition& pos, std::mt199
   const int64_t room = static_cast<int64_t>(rest.size());  // last possible block start
   int64_t start = 0;
   switch (pos.kind) {
-    case K::First: start = 0; break;
-    case K::Middle: start = room / 2; break;
-    case K::Last: start = room; break;
-    case K::Random: start = static_cast<int64_t>(uniform_below(rng, static_cast<uint64_t>(room) + 1)); break;
-    case K::Index: start = pos.index; break;
-    case K::Keep: break;
+    case K::First:
+      start = 0;
+      break;
+    case K::Middle:
+      start = room / 2;
+      break;
+    case K::Last:
+      start = room;
+      break;
+    case K::Random:
+      start = static_cast<int64_t>(uniform_below(rng, static_cast<uint64_t>(room) + 1));
+      break;
+    case K::Index:
+      start = pos.index;
+      break;
+    case K::Keep:
+      break;
   }
   if (start > room) return false;
   rest.insert(rest.begin() + start, gold.begin(), gold.end());
@@ -136,9 +151,10 @@ std::string format_documents(const std::vector<Document>& docs, const std::strin
   std::string out;
   for (size_t i = 0; i < docs.size(); ++i) {
     if (i > 0) out += '\n';
-    out += format_template(doc_template,
-                           {{"index", std::to_string(i + 1)}, {"title", docs[i].title}, {"text", docs[i].text}},
-                           "--doc-template");
+    out += format_template(
+        doc_template,
+        {{"index", std::to_string(i + 1)}, {"title", docs[i].title}, {"text", docs[i].text}},
+        "--doc-template");
   }
   return out;
 }
@@ -195,7 +211,8 @@ struct Record {
 };
 
 const json& field(const Record& r, const char* key) {
-  if (!r.value.is_object()) fail("{}: expected a JSON object, got {}", r.where, r.value.type_name());
+  if (!r.value.is_object())
+    fail("{}: expected a JSON object, got {}", r.where, r.value.type_name());
   auto it = r.value.find(key);
   if (it == r.value.end()) fail("{}: field \"{}\" is missing", r.where, key);
   return *it;
@@ -203,7 +220,8 @@ const json& field(const Record& r, const char* key) {
 
 std::string string_field(const Record& r, const char* key) {
   const json& v = field(r, key);
-  if (!v.is_string()) fail("{}: field \"{}\" must be a string, got {}", r.where, key, v.type_name());
+  if (!v.is_string())
+    fail("{}: field \"{}\" must be a string, got {}", r.where, key, v.type_name());
   return v.get<std::string>();
 }
 
@@ -225,7 +243,8 @@ std::vector<std::string> dedup(const std::vector<std::string>& items) {
 std::vector<std::string> string_list(const json& list, const std::string& where, const char* key) {
   std::vector<std::string> out;
   for (const auto& a : list) {
-    if (!a.is_string()) fail("{}: field \"{}\" must hold strings, got {}", where, key, a.type_name());
+    if (!a.is_string())
+      fail("{}: field \"{}\" must hold strings, got {}", where, key, a.type_name());
     out.push_back(a.get<std::string>());
   }
   return out;
@@ -286,8 +305,8 @@ class Converter {
   const ConvertOptions& options() const { return opt_; }
 
   // num_docs / gold position / rendering for a multi-document example; false when skipped.
-  bool arrange(std::vector<Document>& docs, int64_t default_num_docs, const GoldPosition& default_pos,
-               std::mt19937_64& rng) {
+  bool arrange(std::vector<Document>& docs, int64_t default_num_docs,
+               const GoldPosition& default_pos, std::mt19937_64& rng) {
     truncate_documents(docs, opt_.num_docs > 0 ? opt_.num_docs : default_num_docs);
     GoldPosition pos = opt_.gold_position.value_or(default_pos);
     if (place_gold(docs, pos, rng)) return true;
@@ -334,9 +353,12 @@ NqExample parse_nq(const Record& r) {
   for (const auto& c : array_field(r, "ctxs")) {
     Record ctx{c, r.where};
     Document d{string_field(ctx, "title"), string_field(ctx, "text"), false};
-    const json& g = field(ctx, "isgold");
-    if (!g.is_boolean()) fail("{}: field \"isgold\" must be true or false", r.where);
-    d.gold = g.get<bool>();
+    // Lost in the Middle marks every ctx; a missing or null "isgold" means not gold.
+    auto g = c.find("isgold");
+    if (g != c.end() && !g->is_null()) {
+      if (!g->is_boolean()) fail("{}: field \"isgold\" must be true or false", r.where);
+      d.gold = g->get<bool>();
+    }
     ex.docs.push_back(std::move(d));
   }
   return ex;
@@ -351,7 +373,8 @@ ConvertResult convert_nq_litm(const std::string& path, const ConvertOptions& opt
     ++conv.stats().read;
     auto rng = conv.rng_for(n);
     if (conv.arrange(ex.docs, 0, GoldPosition{}, rng)) {
-      conv.emit(std::to_string(n), conv.render_docs(ex.docs), {{"question", ex.question}}, ex.answers);
+      conv.emit(std::to_string(n), conv.render_docs(ex.docs), {{"question", ex.question}},
+                ex.answers);
     }
     return !conv.full();
   });
@@ -386,8 +409,9 @@ class LazyPermutation {
 // num_docs - 1 distractors for example `self` taken from other examples' gold passages: never
 // its own passage or an identical text, never twice the same text, never one that contains
 // one of its answers. Empty when the pool runs out.
-std::vector<Document> pick_distractors(const std::vector<NqExample>& pool, const std::vector<Document>& gold,
-                                       int64_t self, int64_t count, std::mt19937_64& rng) {
+std::vector<Document> pick_distractors(const std::vector<NqExample>& pool,
+                                       const std::vector<Document>& gold, int64_t self,
+                                       int64_t count, std::mt19937_64& rng) {
   std::vector<Document> picked;
   std::set<std::string> used = {gold[static_cast<size_t>(self)].text};
   LazyPermutation perm(static_cast<int64_t>(pool.size()), rng);
@@ -428,14 +452,16 @@ ConvertResult convert_nq_oracle(const std::string& path, const ConvertOptions& o
       continue;
     }
     auto rng = conv.rng_for(static_cast<int64_t>(i));
-    std::vector<Document> docs = pick_distractors(pool, gold, static_cast<int64_t>(i), num_docs - 1, rng);
+    std::vector<Document> docs =
+        pick_distractors(pool, gold, static_cast<int64_t>(i), num_docs - 1, rng);
     if (docs.empty() && num_docs > 1) {
       conv.skip("not enough distractor passages without the answer");
       continue;
     }
     docs.insert(docs.begin(), gold[i]);
     if (!conv.arrange(docs, num_docs, GoldPosition{GoldPosition::Kind::Random, 0}, rng)) continue;
-    conv.emit(std::to_string(i), conv.render_docs(docs), {{"question", pool[i].question}}, pool[i].answers);
+    conv.emit(std::to_string(i), conv.render_docs(docs), {{"question", pool[i].question}},
+              pool[i].answers);
   }
   return conv.take();
 }
@@ -452,7 +478,8 @@ std::string join_sentences(const json& sents, const std::string& where, bool add
   for (const auto& s : sents) {
     if (!s.is_string()) fail("{}: context sentences must be strings, got {}", where, s.type_name());
     const std::string& piece = s.get_ref<const std::string&>();
-    bool boundary_has_space = text.empty() || piece.empty() || std::isspace(static_cast<unsigned char>(text.back())) ||
+    bool boundary_has_space = text.empty() || piece.empty() ||
+                              std::isspace(static_cast<unsigned char>(text.back())) ||
                               std::isspace(static_cast<unsigned char>(piece.front()));
     if (add_spaces && !boundary_has_space) text += ' ';
     text += piece;
@@ -482,7 +509,8 @@ std::vector<Document> parse_paragraphs(const Record& r, bool add_spaces) {
   return docs;
 }
 
-ConvertResult convert_multihop(const std::string& path, const ConvertOptions& opt, bool add_spaces) {
+ConvertResult convert_multihop(const std::string& path, const ConvertOptions& opt,
+                               bool add_spaces) {
   Converter conv(opt);
   int64_t number = 0;
   for_each_record(path, [&](const Record& r) {
@@ -515,12 +543,14 @@ void convert_squad_paragraph(Converter& conv, const Record& para, const std::str
     if (conv.full()) return;
     Record qa{q, para.where};
     ++conv.stats().read;
-    if (q.contains("is_impossible") && q["is_impossible"].is_boolean() && q["is_impossible"].get<bool>()) {
+    if (q.contains("is_impossible") && q["is_impossible"].is_boolean() &&
+        q["is_impossible"].get<bool>()) {
       conv.skip("unanswerable (SQuAD 2.0 is_impossible)");
       continue;
     }
     std::vector<std::string> answers;
-    for (const auto& a : array_field(qa, "answers")) answers.push_back(string_field(Record{a, para.where}, "text"));
+    for (const auto& a : array_field(qa, "answers"))
+      answers.push_back(string_field(Record{a, para.where}, "text"));
     answers = dedup(answers);
     if (answers.empty()) {
       conv.skip("no answers");
@@ -564,7 +594,8 @@ ConvertResult convert_kv(const std::string& path, const ConvertOptions& opt) {
       }
       Document d{kv[0].get<std::string>(), kv[1].get<std::string>(), false};
       d.gold = d.title == key;
-      if (d.gold && d.text != value) fail("{}: the record for key \"{}\" has a different value", r.where, key);
+      if (d.gold && d.text != value)
+        fail("{}: the record for key \"{}\" has a different value", r.where, key);
       records.push_back(std::move(d));
     }
     auto rng = conv.rng_for(n);
@@ -582,16 +613,23 @@ ConvertResult convert_kv(const std::string& path, const ConvertOptions& opt) {
 
 }  // namespace
 
-ConvertResult convert_dataset(SourceFormat format, const std::string& path, const ConvertOptions& options) {
+ConvertResult convert_dataset(SourceFormat format, const std::string& path,
+                              const ConvertOptions& options) {
   GMSA_CHECK(options.num_docs >= 0, "--num-docs must be >= 0, got {}", options.num_docs);
   GMSA_CHECK(options.limit >= 0, "--limit must be >= 0, got {}", options.limit);
   switch (format) {
-    case SourceFormat::NqLitm: return convert_nq_litm(path, options);
-    case SourceFormat::NqOracle: return convert_nq_oracle(path, options);
-    case SourceFormat::HotpotQa: return convert_multihop(path, options, false);
-    case SourceFormat::TwoWiki: return convert_multihop(path, options, true);
-    case SourceFormat::Squad: return convert_squad(path, options);
-    case SourceFormat::KvRetrieval: return convert_kv(path, options);
+    case SourceFormat::NqLitm:
+      return convert_nq_litm(path, options);
+    case SourceFormat::NqOracle:
+      return convert_nq_oracle(path, options);
+    case SourceFormat::HotpotQa:
+      return convert_multihop(path, options, false);
+    case SourceFormat::TwoWiki:
+      return convert_multihop(path, options, true);
+    case SourceFormat::Squad:
+      return convert_squad(path, options);
+    case SourceFormat::KvRetrieval:
+      return convert_kv(path, options);
   }
   fail("unhandled source format");
 }

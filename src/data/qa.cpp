@@ -1,8 +1,7 @@
 #include "gmsa/data/qa.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "gmsa/util/error.h"
 #include "gmsa/util/io.h"

@@ -19,7 +19,8 @@ uint64_t mix_seed(uint64_t seed, uint64_t stream) {
 uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
   GMSA_CHECK(n > 0, "uniform_below: empty range");
   // Accept only draws below the largest multiple of n, so every residue is equally likely.
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
+  const uint64_t limit =
+      std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
   uint64_t x;
   do {
     x = rng();
@@ -56,7 +57,8 @@ uint64_t fingerprint_of(const std::vector<int64_t>& lengths, const SamplerOption
 }  // namespace
 
 nlohmann::json SamplerState::to_json() const {
-  return {{"epoch", epoch}, {"cursor", cursor}, {"fingerprint", fmt::format("{:016x}", fingerprint)}};
+  return {
+      {"epoch", epoch}, {"cursor", cursor}, {"fingerprint", fmt::format("{:016x}", fingerprint)}};
 }
 
 SamplerState SamplerState::from_json(const nlohmann::json& j) {
@@ -89,7 +91,8 @@ BatchSampler::BatchSampler(std::vector<int64_t> lengths, SamplerOptions options)
   GMSA_CHECK(opt_.bucket_window_batches > 0, "batch sampler: bucket_window_batches must be > 0");
   GMSA_CHECK(opt_.world_size > 0 && opt_.rank >= 0 && opt_.rank < opt_.world_size,
              "batch sampler: rank {} is not in [0, world_size={})", opt_.rank, opt_.world_size);
-  global_batches_ = opt_.drop_last ? n / opt_.batch_size : (n + opt_.batch_size - 1) / opt_.batch_size;
+  global_batches_ =
+      opt_.drop_last ? n / opt_.batch_size : (n + opt_.batch_size - 1) / opt_.batch_size;
   if (opt_.even_shards) global_batches_ -= global_batches_ % opt_.world_size;
   GMSA_CHECK(global_batches_ >= opt_.world_size,
              "batch sampler: {} examples make {} batches of {}, fewer than world_size {}", n,
@@ -116,7 +119,8 @@ std::vector<std::vector<int64_t>> BatchSampler::epoch_batches(int64_t epoch) con
     for (int64_t start = 0; start < n; start += window) {
       auto first = order.begin() + start;
       auto last = order.begin() + std::min(n, start + window);
-      std::stable_sort(first, last, [&](int64_t a, int64_t b) { return lengths_[a] < lengths_[b]; });
+      std::stable_sort(first, last,
+                       [&](int64_t a, int64_t b) { return lengths_[a] < lengths_[b]; });
     }
   }
   std::vector<std::vector<int64_t>> batches;
@@ -129,9 +133,10 @@ std::vector<std::vector<int64_t>> BatchSampler::epoch_batches(int64_t epoch) con
     fisher_yates(batches, rng);
   }
   if (opt_.drop_last) {
-    batches.erase(std::remove_if(batches.begin(), batches.end(),
-                                 [bs](const auto& b) { return static_cast<int64_t>(b.size()) < bs; }),
-                  batches.end());
+    batches.erase(
+        std::remove_if(batches.begin(), batches.end(),
+                       [bs](const auto& b) { return static_cast<int64_t>(b.size()) < bs; }),
+        batches.end());
   }
   batches.resize(static_cast<size_t>(global_batches_));  // even_shards tail
   return batches;

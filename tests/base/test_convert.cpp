@@ -6,9 +6,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "gmsa/data/convert.h"
 #include "gmsa/data/qa.h"
@@ -87,9 +86,11 @@ json nq_record(const std::string& tag, int n, int gold) {
   json ctxs = json::array();
   for (int i = 0; i < n; ++i) {
     std::string t = tag + "-d" + std::to_string(i);
-    ctxs.push_back({{"title", t}, {"text", "text of " + t}, {"hasanswer", i == gold}, {"isgold", i == gold}});
+    ctxs.push_back(
+        {{"title", t}, {"text", "text of " + t}, {"hasanswer", i == gold}, {"isgold", i == gold}});
   }
-  return {{"question", "question " + tag}, {"answers", {"ans " + tag, "alt", "alt"}}, {"ctxs", ctxs}};
+  return {
+      {"question", "question " + tag}, {"answers", {"ans " + tag, "alt", "alt"}}, {"ctxs", ctxs}};
 }
 
 }  // namespace
@@ -122,7 +123,10 @@ TEST(ConvertBlocks, GoldPlacementAndTruncation) {
     return s;
   };
   std::mt19937_64 rng(1);
-  struct Case { std::string pos; std::string want; };
+  struct Case {
+    std::string pos;
+    std::string want;
+  };
   // Gold t2 among 5 documents: the 4 others keep their order; middle = (5-1)/2 = 2.
   for (const Case& c : {Case{"first", "t2 t0 t1 t3 t4 "}, Case{"last", "t0 t1 t3 t4 t2 "},
                         Case{"middle", "t0 t1 t2 t3 t4 "}, Case{"1", "t0 t2 t1 t3 t4 "},
@@ -130,6 +134,12 @@ TEST(ConvertBlocks, GoldPlacementAndTruncation) {
     auto d = make(5, {2});
     ASSERT_TRUE(place_gold(d, GoldPosition::parse(c.pos), rng)) << c.pos;
     EXPECT_EQ(names(d), c.want) << c.pos;
+  }
+  // Lost in the Middle's middle positions: gold_at_4 of 10 documents, gold_at_9 of 20.
+  for (int n : {10, 20}) {
+    auto m = make(n, {0});
+    ASSERT_TRUE(place_gold(m, GoldPosition::parse("middle"), rng));
+    EXPECT_TRUE(m[static_cast<size_t>(n / 2 - 1)].gold) << n;
   }
   auto d = make(5, {2});
   EXPECT_FALSE(place_gold(d, GoldPosition::parse("5"), rng));  // 4 others: start 0..4
@@ -173,7 +183,8 @@ TEST(ConvertBlocks, ContainsAnswerMatchesWholeWords) {
 // ---------------------------------------------------------------- NQ, Lost in the Middle files
 
 TEST_F(ConvertTest, NqLitmKeepsFileOrderAndFormatsDocuments) {
-  auto path = write_jsonl_gz("nq.jsonl.gz", {nq_record("a", 5, 2), nq_record("b", 5, 0), nq_record("c", 5, -1)});
+  auto path = write_jsonl_gz("nq.jsonl.gz",
+                             {nq_record("a", 5, 2), nq_record("b", 5, 0), nq_record("c", 5, -1)});
   ConvertResult r = convert_dataset(SourceFormat::NqLitm, path, {});
   ASSERT_EQ(r.examples.size(), 3u);
   EXPECT_EQ(r.stats.read, 3);
@@ -189,20 +200,24 @@ TEST_F(ConvertTest, NqLitmKeepsFileOrderAndFormatsDocuments) {
 }
 
 TEST_F(ConvertTest, NqLitmGoldPositionAndNumDocs) {
-  auto path = write_jsonl("nq.jsonl", {nq_record("a", 5, 2), nq_record("b", 5, 0), nq_record("c", 5, -1)});
+  auto path =
+      write_jsonl("nq.jsonl", {nq_record("a", 5, 2), nq_record("b", 5, 0), nq_record("c", 5, -1)});
   auto first = convert_dataset(SourceFormat::NqLitm, path, with_position("first"));
   ASSERT_EQ(first.examples.size(), 2u);
   EXPECT_EQ(first.stats.skipped.at("no gold document"), 1);
-  EXPECT_EQ(titles(first.examples[0]), (std::vector<std::string>{"a-d2", "a-d0", "a-d1", "a-d3", "a-d4"}));
+  EXPECT_EQ(titles(first.examples[0]),
+            (std::vector<std::string>{"a-d2", "a-d0", "a-d1", "a-d3", "a-d4"}));
 
   auto last = convert_dataset(SourceFormat::NqLitm, path, with_position("last"));
-  EXPECT_EQ(titles(last.examples[1]), (std::vector<std::string>{"b-d1", "b-d2", "b-d3", "b-d4", "b-d0"}));
+  EXPECT_EQ(titles(last.examples[1]),
+            (std::vector<std::string>{"b-d1", "b-d2", "b-d3", "b-d4", "b-d0"}));
 
   auto middle = convert_dataset(SourceFormat::NqLitm, path, with_position("middle"));
   EXPECT_EQ(titles(middle.examples[1])[2], "b-d0");  // (5-1)/2
 
   auto index3 = convert_dataset(SourceFormat::NqLitm, path, with_position("3"));
-  EXPECT_EQ(titles(index3.examples[0]), (std::vector<std::string>{"a-d0", "a-d1", "a-d3", "a-d2", "a-d4"}));
+  EXPECT_EQ(titles(index3.examples[0]),
+            (std::vector<std::string>{"a-d0", "a-d1", "a-d3", "a-d2", "a-d4"}));
 
   // --num-docs 3 drops non-gold documents from the end; then index 3 no longer fits.
   auto cut = convert_dataset(SourceFormat::NqLitm, path, with_position("keep", 3));
@@ -216,7 +231,8 @@ TEST_F(ConvertTest, NqLitmGoldPositionAndNumDocs) {
 }
 
 TEST_F(ConvertTest, TemplatesAndLimit) {
-  auto path = write_jsonl("nq.jsonl", {nq_record("a", 2, 0), nq_record("b", 2, 0), nq_record("c", 2, 0)});
+  auto path =
+      write_jsonl("nq.jsonl", {nq_record("a", 2, 0), nq_record("b", 2, 0), nq_record("c", 2, 0)});
   ConvertOptions o;
   o.doc_template = "[{index}] {title}: {text}";
   o.question_template = "Q{id}: {question}?";
@@ -259,7 +275,9 @@ std::vector<json> oracle_records() {
     if (i == 3) text = "passage q2";
     if (i == 5) text = "passage q5 mentions ans q0 here";
     json ctx = {{"title", "T" + tag}, {"text", text}, {"hasanswer", true}, {"isgold", true}};
-    out.push_back({{"question", "question " + tag}, {"answers", {"ans " + tag}}, {"ctxs", {ctx}},
+    out.push_back({{"question", "question " + tag},
+                   {"answers", {"ans " + tag}},
+                   {"ctxs", {ctx}},
                    {"nq_annotated_gold", {{"title", "T" + tag}}}});
   }
   return out;
@@ -298,12 +316,15 @@ TEST_F(ConvertTest, NqOracleSamplesDistractorsFromOtherExamples) {
         EXPECT_EQ(text.find(ex.answers[0]), std::string::npos) << "distractor holds the answer";
       }
     }
-    EXPECT_EQ(std::count_if(docs.begin(), docs.end(), [&](const std::string& d) { return title_of(d) == own_title; }), 1);
+    EXPECT_EQ(std::count_if(docs.begin(), docs.end(),
+                            [&](const std::string& d) { return title_of(d) == own_title; }),
+              1);
   }
   EXPECT_GT(gold_positions.size(), 2u) << "default position is random";
 
   // Same seed, same output; another seed, other distractors.
-  EXPECT_EQ(convert_dataset(SourceFormat::NqOracle, path, o).examples[4].input, r.examples[4].input);
+  EXPECT_EQ(convert_dataset(SourceFormat::NqOracle, path, o).examples[4].input,
+            r.examples[4].input);
   o.seed = 8;
   auto other = convert_dataset(SourceFormat::NqOracle, path, o);
   int differ = 0;
@@ -347,9 +368,13 @@ json hotpot_record(const std::string& id, bool leading_spaces) {
   context.push_back(para("Beta", {"Beta is second."}));
   context.push_back(para("Gamma", {"Gamma is third.", sp + "Gamma is", " split."}));
   context.push_back(para("Delta", {"Delta is fourth."}));
-  return {{"_id", id}, {"question", "Which is " + id + "?"}, {"answer", "Gamma"},
-          {"supporting_facts", json::array({json::array({"Gamma", 0}), json::array({"Alpha", 1})})}, {"context", context},
-          {"type", "bridge"}, {"level", "hard"}};
+  return {{"_id", id},
+          {"question", "Which is " + id + "?"},
+          {"answer", "Gamma"},
+          {"supporting_facts", json::array({json::array({"Gamma", 0}), json::array({"Alpha", 1})})},
+          {"context", context},
+          {"type", "bridge"},
+          {"level", "hard"}};
 }
 
 }  // namespace
@@ -379,7 +404,8 @@ TEST_F(ConvertTest, HotpotQaParagraphsAreDocuments) {
   EXPECT_EQ(ra.examples[1].input, r.examples[1].input);
   // The supporting paragraphs (Alpha, Gamma) are the gold block, kept in file order.
   auto last = convert_dataset(SourceFormat::HotpotQa, jsonl, with_position("last"));
-  EXPECT_EQ(titles(last.examples[0]), (std::vector<std::string>{"Beta", "Delta", "Alpha", "Gamma"}));
+  EXPECT_EQ(titles(last.examples[0]),
+            (std::vector<std::string>{"Beta", "Delta", "Alpha", "Gamma"}));
   auto cut = convert_dataset(SourceFormat::HotpotQa, jsonl, with_position("first", 3));
   EXPECT_EQ(titles(cut.examples[0]), (std::vector<std::string>{"Alpha", "Gamma", "Beta"}));
 }
@@ -391,30 +417,42 @@ TEST_F(ConvertTest, TwoWikiJoinsStrippedSentencesWithSpaces) {
   auto r = convert_dataset(SourceFormat::TwoWiki, path, {});
   ASSERT_EQ(r.examples.size(), 1u);
   // "Gamma is" + " split." already has a space at the boundary: none is added there.
-  EXPECT_EQ(split_docs(r.examples[0].input)[2], "Document [3](Title: Gamma) Gamma is third. Gamma is split.");
-  EXPECT_EQ(split_docs(r.examples[0].input)[0], "Document [1](Title: Alpha) Alpha is first. It is old.");
+  EXPECT_EQ(split_docs(r.examples[0].input)[2],
+            "Document [3](Title: Gamma) Gamma is third. Gamma is split.");
+  EXPECT_EQ(split_docs(r.examples[0].input)[0],
+            "Document [1](Title: Alpha) Alpha is first. It is old.");
   // HotpotQA keeps sentences as they are: stripped ones would stay glued.
   auto h = convert_dataset(SourceFormat::HotpotQa, path, {});
-  EXPECT_EQ(split_docs(h.examples[0].input)[0], "Document [1](Title: Alpha) Alpha is first.It is old.");
+  EXPECT_EQ(split_docs(h.examples[0].input)[0],
+            "Document [1](Title: Alpha) Alpha is first.It is old.");
 }
 
 // ---------------------------------------------------------------- SQuAD
 
 TEST_F(ConvertTest, SquadV1AndV2) {
-  json squad = {
-      {"version", "v2.0"},
-      {"data",
-       {{{"title", "Art"},
-         {"paragraphs",
-          {{{"context", "Context one."},
-            {"qas",
-             {{{"id", "q1"}, {"question", "Who?"}, {"is_impossible", false},
-               {"answers", {{{"text", "Ann"}, {"answer_start", 0}}, {{"text", "Ann"}, {"answer_start", 5}},
-                            {{"text", "Ann B"}, {"answer_start", 0}}}}},
-              {{"id", "q2"}, {"question", "Why?"}, {"is_impossible", true}, {"answers", json::array()},
-               {"plausible_answers", {{{"text", "x"}, {"answer_start", 0}}}}}}}},
-           {{"context", "Context two."},
-            {"qas", {{{"id", "q3"}, {"question", "When?"}, {"answers", {{{"text", "now"}, {"answer_start", 1}}}}}}}}}}}}}};
+  json squad = {{"version", "v2.0"},
+                {"data",
+                 {{{"title", "Art"},
+                   {"paragraphs",
+                    {{{"context", "Context one."},
+                      {"qas",
+                       {{{"id", "q1"},
+                         {"question", "Who?"},
+                         {"is_impossible", false},
+                         {"answers",
+                          {{{"text", "Ann"}, {"answer_start", 0}},
+                           {{"text", "Ann"}, {"answer_start", 5}},
+                           {{"text", "Ann B"}, {"answer_start", 0}}}}},
+                        {{"id", "q2"},
+                         {"question", "Why?"},
+                         {"is_impossible", true},
+                         {"answers", json::array()},
+                         {"plausible_answers", {{{"text", "x"}, {"answer_start", 0}}}}}}}},
+                     {{"context", "Context two."},
+                      {"qas",
+                       {{{"id", "q3"},
+                         {"question", "When?"},
+                         {"answers", {{{"text", "now"}, {"answer_start", 1}}}}}}}}}}}}}};
   auto path = write("squad.json", squad.dump());
   ConvertResult r = convert_dataset(SourceFormat::Squad, path, {});
   ASSERT_EQ(r.examples.size(), 2u);
@@ -437,9 +475,9 @@ TEST_F(ConvertTest, SquadV1AndV2) {
 
 TEST_F(ConvertTest, KvRetrievalPromptAndGoldPosition) {
   json records = json::array();
-  for (int i = 1; i <= 4; ++i) records.push_back({"k" + std::to_string(i), "v" + std::to_string(i)});
-  json rec = {{"ordered_kv_records", records},
-              {"key", "k2"}, {"value", "v2"}};
+  for (int i = 1; i <= 4; ++i)
+    records.push_back({"k" + std::to_string(i), "v" + std::to_string(i)});
+  json rec = {{"ordered_kv_records", records}, {"key", "k2"}, {"value", "v2"}};
   auto path = write_jsonl_gz("kv.jsonl.gz", {rec});
   auto r = convert_dataset(SourceFormat::KvRetrieval, path, {});
   ASSERT_EQ(r.examples.size(), 1u);
@@ -448,7 +486,8 @@ TEST_F(ConvertTest, KvRetrievalPromptAndGoldPosition) {
   EXPECT_EQ(r.examples[0].prompt, "Key: \"k2\"\nCorresponding value:");
   EXPECT_EQ(r.examples[0].answers, std::vector<std::string>{"v2"});
   auto last = convert_dataset(SourceFormat::KvRetrieval, path, with_position("last", 3));
-  EXPECT_EQ(last.examples[0].input, "JSON data:\n{\"k1\": \"v1\",\n \"k3\": \"v3\",\n \"k2\": \"v2\"}");
+  EXPECT_EQ(last.examples[0].input,
+            "JSON data:\n{\"k1\": \"v1\",\n \"k3\": \"v3\",\n \"k2\": \"v2\"}");
   ConvertOptions q;
   q.question_template = "Find {key}.";
   EXPECT_EQ(convert_dataset(SourceFormat::KvRetrieval, path, q).examples[0].prompt, "Find k2.");
@@ -469,7 +508,8 @@ TEST(ConvertRealData, EveryAvailableBenchmark) {
   };
   auto all_fields_set = [](const ConvertResult& r) {
     for (const auto& ex : r.examples) {
-      if (ex.input.empty() || ex.prompt.empty() || ex.answers.empty() || ex.id.empty()) return false;
+      if (ex.input.empty() || ex.prompt.empty() || ex.answers.empty() || ex.id.empty())
+        return false;
     }
     return true;
   };
@@ -486,7 +526,8 @@ TEST(ConvertRealData, EveryAvailableBenchmark) {
   EXPECT_EQ(split_docs(litm.examples[0].input).size(), 1u);
   EXPECT_EQ(title_of(litm.examples[0].input), "List of Nobel laureates in Physics");
 
-  auto kv = convert_dataset(SourceFormat::KvRetrieval, file("nq-lost-in-the-middle/kv-retrieval-75_keys.jsonl.gz"), {});
+  auto kv = convert_dataset(SourceFormat::KvRetrieval,
+                            file("nq-lost-in-the-middle/kv-retrieval-75_keys.jsonl.gz"), {});
   EXPECT_EQ(kv.examples.size(), 500u);
   EXPECT_TRUE(all_fields_set(kv));
   // 75 records: 74 ",\n" separators.
@@ -499,7 +540,8 @@ TEST(ConvertRealData, EveryAvailableBenchmark) {
   EXPECT_TRUE(all_fields_set(squad));
 
   // 2 of the 500 examples have no context paragraphs.
-  auto hotpot = convert_dataset(SourceFormat::HotpotQa, file("hotpotqa/hotpot_dev_distractor_500.jsonl"), {});
+  auto hotpot =
+      convert_dataset(SourceFormat::HotpotQa, file("hotpotqa/hotpot_dev_distractor_500.jsonl"), {});
   EXPECT_EQ(hotpot.stats.read, 500);
   EXPECT_EQ(hotpot.examples.size(), 498u);
   EXPECT_EQ(hotpot.stats.skipped.at("no context paragraphs"), 2);

@@ -35,7 +35,8 @@ class DataFiles : public ::testing::Test {
   std::string write_gz(const std::string& name, const std::string& text) {
     std::string path = (fs::path(dir_) / name).string();
     gzFile f = gzopen(path.c_str(), "wb");
-    EXPECT_EQ(gzwrite(f, text.data(), static_cast<unsigned>(text.size())), static_cast<int>(text.size()));
+    EXPECT_EQ(gzwrite(f, text.data(), static_cast<unsigned>(text.size())),
+              static_cast<int>(text.size()));
     gzclose(f);
     return path;
   }
@@ -60,12 +61,14 @@ std::string error_of(Fn fn) {
 using QaTest = DataFiles;
 
 TEST_F(QaTest, ReadsStringAndListAnswersAndIds) {
-  auto path = write("qa.jsonl",
-                    "{\"input\": \"ctx one\", \"prompt\": \"q1\", \"answer\": \"a\", \"id\": \"x1\"}\n"
-                    "\n"
-                    "   \n"
-                    "{\"prompt\": \"q2\", \"input\": \"ctx\\ntwo\", \"answer\": [\"b\", \"c\"], \"id\": 7, \"extra\": 1}\n"
-                    "{\"input\": \"\", \"prompt\": \"q3\", \"answer\": []}");  // no final newline
+  auto path =
+      write("qa.jsonl",
+            "{\"input\": \"ctx one\", \"prompt\": \"q1\", \"answer\": \"a\", \"id\": \"x1\"}\n"
+            "\n"
+            "   \n"
+            "{\"prompt\": \"q2\", \"input\": \"ctx\\ntwo\", \"answer\": [\"b\", \"c\"], \"id\": 7, "
+            "\"extra\": 1}\n"
+            "{\"input\": \"\", \"prompt\": \"q3\", \"answer\": []}");  // no final newline
   QaReadResult r = read_qa_jsonl(path);
   ASSERT_EQ(r.examples.size(), 3u);
   EXPECT_EQ(r.skipped, 0);
@@ -82,11 +85,13 @@ TEST_F(QaTest, ReadsStringAndListAnswersAndIds) {
 
 TEST_F(QaTest, BadLinesNameFileLineAndProblem) {
   const std::string good = "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": \"a\"}\n";
-  auto bad_answer = write("a.jsonl", good + good + "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": 5}\n");
+  auto bad_answer =
+      write("a.jsonl", good + good + "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": 5}\n");
   EXPECT_EQ(error_of([&] { read_qa_jsonl(bad_answer); }),
             bad_answer + ":3: field \"answer\" must be a string or a list of strings");
 
-  auto bad_list = write("l.jsonl", "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": [\"a\", 1]}\n");
+  auto bad_list =
+      write("l.jsonl", "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": [\"a\", 1]}\n");
   EXPECT_EQ(error_of([&] { read_qa_jsonl(bad_list); }),
             bad_list + ":1: field \"answer\" must be a string or a list of strings");
 
@@ -98,10 +103,14 @@ TEST_F(QaTest, BadLinesNameFileLineAndProblem) {
   EXPECT_EQ(msg.rfind(bad_json + ":2: invalid JSON at column", 0), 0u) << msg;
 
   auto not_object = write("o.jsonl", "[1, 2]\n");
-  EXPECT_EQ(error_of([&] { read_qa_jsonl(not_object); }), not_object + ":1: expected a JSON object, got array");
+  EXPECT_EQ(error_of([&] { read_qa_jsonl(not_object); }),
+            not_object + ":1: expected a JSON object, got array");
 
-  auto bad_id = write("i.jsonl", "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": \"a\", \"id\": 1.5}\n");
-  EXPECT_NE(error_of([&] { read_qa_jsonl(bad_id); }).find(":1: field \"id\" must be a string or an integer"),
+  auto bad_id =
+      write("i.jsonl", "{\"input\": \"c\", \"prompt\": \"q\", \"answer\": \"a\", \"id\": 1.5}\n");
+  EXPECT_NE(error_of([&] {
+              read_qa_jsonl(bad_id);
+            }).find(":1: field \"id\" must be a string or an integer"),
             std::string::npos);
 }
 
@@ -134,7 +143,8 @@ TEST_F(QaTest, WriterUsesSchemaOrderAndRoundTrips) {
   QaExample one{"id1", "ctx \"quoted\"\nline", "q?", {"yes"}};
   // Schema key order; one answer is written as a string; strings are JSON-escaped.
   EXPECT_EQ(format_qa_line(one),
-            "{\"input\":\"ctx \\\"quoted\\\"\\nline\",\"prompt\":\"q?\",\"answer\":\"yes\",\"id\":\"id1\"}");
+            "{\"input\":\"ctx "
+            "\\\"quoted\\\"\\nline\",\"prompt\":\"q?\",\"answer\":\"yes\",\"id\":\"id1\"}");
   QaExample many{"", "c", "p", {"x", "y"}};
   EXPECT_EQ(format_qa_line(many), "{\"input\":\"c\",\"prompt\":\"p\",\"answer\":[\"x\",\"y\"]}");
 
@@ -172,16 +182,16 @@ using CorpusTest = DataFiles;
 TEST_F(CorpusTest, TextParagraphsKeepInnerNewlines) {
   auto path = write("c.txt",
                     "\n\n"
-                    "first line\r\n"    // line 3
+                    "first line\r\n"  // line 3
                     "second line\n"
                     "\n"
                     " \t \n"
                     "\n"
-                    "solo\n"            // line 8
+                    "solo\n"  // line 8
                     "\n"
-                    "a\n"               // line 10
+                    "a\n"  // line 10
                     "b\n"
-                    "c");               // last paragraph without a trailing newline
+                    "c");  // last paragraph without a trailing newline
   CorpusReader reader(path);
   EXPECT_EQ(reader.format(), CorpusFormat::Text);
   std::string doc;
@@ -206,7 +216,7 @@ TEST_F(CorpusTest, JsonlTextOrInputField) {
                        "{\"text\": \"doc one\\nwith newline\"}\n"
                        "\n"
                        "{\"input\": \"doc two\", \"prompt\": \"ignored\"}\n"
-                       "{\"text\": \"\"}\n"                            // empty: skipped
+                       "{\"text\": \"\"}\n"  // empty: skipped
                        "{\"text\": \"preferred\", \"input\": \"not this\"}\n");
   CorpusReader reader(path);
   EXPECT_EQ(reader.format(), CorpusFormat::Jsonl);
@@ -300,7 +310,8 @@ TEST(Sampler, EachEpochVisitsEveryExampleOnceAndIsDeterministic) {
     EXPECT_EQ(ea, eb);
     for (int epoch = 0; epoch < 2; ++epoch) {
       std::multiset<int64_t> seen;
-      for (int i = 0; i < 13; ++i) seen.insert(ea[epoch * 13 + i].begin(), ea[epoch * 13 + i].end());
+      for (int i = 0; i < 13; ++i)
+        seen.insert(ea[epoch * 13 + i].begin(), ea[epoch * 13 + i].end());
       ASSERT_EQ(seen.size(), 103u);
       EXPECT_EQ(std::set<int64_t>(seen.begin(), seen.end()).size(), 103u);
     }
@@ -318,7 +329,8 @@ TEST(Sampler, NoShuffleIsSequentialAndDropLastDropsShortBatch) {
   o.batch_size = 4;
   o.shuffle = false;
   BatchSampler s(std::vector<int64_t>(10, 1), o);
-  EXPECT_EQ(take(s, 4), (std::vector<std::vector<int64_t>>{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}, {0, 1, 2, 3}}));
+  EXPECT_EQ(take(s, 4),
+            (std::vector<std::vector<int64_t>>{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}, {0, 1, 2, 3}}));
   EXPECT_EQ(s.epoch(), 1);
   o.drop_last = true;
   o.shuffle = true;
@@ -340,12 +352,14 @@ TEST(Sampler, ResumeContinuesExactly) {
     BatchSampler first(len, o);
     take(first, k);
     // Through JSON, as a checkpoint would store it.
-    SamplerState saved = SamplerState::from_json(nlohmann::json::parse(first.state().to_json().dump()));
+    SamplerState saved =
+        SamplerState::from_json(nlohmann::json::parse(first.state().to_json().dump()));
     EXPECT_EQ(saved, first.state());
     BatchSampler resumed(len, o);
     resumed.restore(saved);
     auto rest = take(resumed, 30 - k);
-    EXPECT_EQ(rest, std::vector<std::vector<int64_t>>(reference.begin() + k, reference.end())) << "k=" << k;
+    EXPECT_EQ(rest, std::vector<std::vector<int64_t>>(reference.begin() + k, reference.end()))
+        << "k=" << k;
   }
   // A state from other data or options is refused.
   auto other = len;
@@ -444,5 +458,7 @@ TEST(Sampler, RejectsBadOptions) {
   o.rank = 2;
   EXPECT_THROW(BatchSampler({1, 2}, o), Error);
   EXPECT_THROW(SamplerState::from_json(nlohmann::json{{"epoch", 1}}), Error);
-  EXPECT_THROW(SamplerState::from_json(nlohmann::json{{"epoch", 1}, {"cursor", 0}, {"fingerprint", "xyz"}}), Error);
+  EXPECT_THROW(
+      SamplerState::from_json(nlohmann::json{{"epoch", 1}, {"cursor", 0}, {"fingerprint", "xyz"}}),
+      Error);
 }

@@ -49,14 +49,14 @@ struct ConvertOptions {
   int64_t num_docs = 0;                       // 0: format default (all; nq-oracle 10)
   std::optional<GoldPosition> gold_position;  // unset: keep (nq-oracle: random)
   uint64_t seed = 0;
-  std::optional<std::string> doc_template;    // unset: kDefaultDocTemplate (squad: raw context)
+  std::optional<std::string> doc_template;  // unset: kDefaultDocTemplate (squad: raw context)
   std::string question_template = "{question}";
-  int64_t limit = 0;                          // 0: every example
+  int64_t limit = 0;  // 0: every example
 };
 
 struct ConvertStats {
-  int64_t read = 0;     // source examples looked at
-  int64_t written = 0;  // examples produced
+  int64_t read = 0;                        // source examples looked at
+  int64_t written = 0;                     // examples produced
   std::map<std::string, int64_t> skipped;  // reason -> count
   int64_t total_skipped() const;
 };
@@ -77,7 +77,8 @@ ConvertResult convert_dataset(SourceFormat format, const std::string& path,
 
 // Replaces {name} by values.at(name); "{{" and "}}" are literal braces. An unknown or
 // unterminated placeholder throws gmsa::Error naming `what` (e.g. "--doc-template").
-std::string format_template(const std::string& tpl, const std::map<std::string, std::string>& values,
+std::string format_template(const std::string& tpl,
+                            const std::map<std::string, std::string>& values,
                             const std::string& what);
 
 // Drops non-gold documents from the end until at most max_docs remain (max_docs <= 0: none).

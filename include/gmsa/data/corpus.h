@@ -17,7 +17,8 @@ class LineReader;
 enum class CorpusFormat { Auto, Text, Jsonl };
 
 // Auto resolves by extension: .jsonl, .jsonl.gz, .json, .json.gz -> Jsonl; anything else -> Text.
-CorpusFormat resolve_corpus_format(const std::string& path, CorpusFormat format = CorpusFormat::Auto);
+CorpusFormat resolve_corpus_format(const std::string& path,
+                                   CorpusFormat format = CorpusFormat::Auto);
 
 // "auto" | "text" | "jsonl"; throws gmsa::Error otherwise.
 CorpusFormat parse_corpus_format(const std::string& name);

@@ -23,8 +23,8 @@ struct QaReadOptions {
 
 struct QaReadResult {
   std::vector<QaExample> examples;
-  int64_t skipped = 0;                // bad lines skipped (only with skip_bad_lines)
-  std::vector<std::string> errors;    // the first few skipped lines' messages, for logging
+  int64_t skipped = 0;              // bad lines skipped (only with skip_bad_lines)
+  std::vector<std::string> errors;  // the first few skipped lines' messages, for logging
 };
 
 // Reads a QA file (plain or .gz). Blank lines are ignored. A bad line throws gmsa::Error

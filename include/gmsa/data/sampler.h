@@ -20,11 +20,10 @@
 // even_shards drops the global tail that does not fill a round of W so all ranks agree (what
 // lock-step data parallelism needs).
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace gmsa {
 
@@ -66,7 +65,7 @@ struct SamplerState {
   int64_t cursor = 0;
   uint64_t fingerprint = 0;
 
-  nlohmann::json to_json() const;                      // {"epoch", "cursor", "fingerprint": hex}
+  nlohmann::json to_json() const;  // {"epoch", "cursor", "fingerprint": hex}
   static SamplerState from_json(const nlohmann::json& j);  // throws gmsa::Error on bad input
   bool operator==(const SamplerState& o) const {
     return epoch == o.epoch && cursor == o.cursor && fingerprint == o.fingerprint;
