@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <unistd.h>
 
 #include "gmsa/model/config.h"
 
@@ -22,6 +23,12 @@ inline std::string data_dir() {
   if (::gmsa::testing::data_dir().empty())                                            \
     GTEST_SKIP() << "GMSA_DATA_DIR is unset: skipping the test on real data " << (rel); \
   ASSERT_TRUE(std::filesystem::exists(data_path)) << data_path << " is missing"
+
+// The build directory: where the test binary, the gmsa executable and the sentencepiece
+// module live.
+inline std::string binary_dir() {
+  return std::filesystem::canonical("/proc/self/exe").parent_path().string();
+}
 
 // A fresh temporary directory, removed when the object dies.
 struct TempDir {
