@@ -6,7 +6,7 @@ pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-openmp libgloo-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libyaml-cpp-dev
-  libgtest-dev zlib1g-dev libpcre2-dev
+  libgtest-dev zlib1g-dev libpcre2-dev libicu-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do
