@@ -1,6 +1,12 @@
 #include "gmsa/model/compat.h"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && GMSA_TORCH_AT_LEAST(2, 0)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define GMSA_HAVE_CUDA_ALLOCATOR 1
+#endif
 
 namespace gmsa::compat {
 
@@ -10,6 +16,29 @@ std::string torch_version_string() {
   s += torch::cuda::is_available() ? fmt::format(" (CUDA, {} devices)", torch::cuda::device_count())
                                    : " (CPU)";
   return s;
+}
+
+int64_t cuda_peak_memory(torch::Device device) {
+#ifdef GMSA_HAVE_CUDA_ALLOCATOR
+  if (device.is_cuda() && torch::cuda::is_available()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].peak;
+  }
+#endif
+  return 0;
+}
+
+void reset_cuda_peak_memory(torch::Device device) {
+#ifdef GMSA_HAVE_CUDA_ALLOCATOR
+  if (device.is_cuda() && torch::cuda::is_available())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+}
+
+int64_t cpu_peak_rss() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
 std::string shape_str(c10::IntArrayRef sizes) {

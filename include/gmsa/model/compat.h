@@ -34,4 +34,10 @@ std::string shape_str(c10::IntArrayRef sizes);
 torch::Tensor rng_state(torch::Device device = torch::kCPU);
 void set_rng_state(const torch::Tensor& state, torch::Device device = torch::kCPU);
 
+// Peak bytes allocated on a CUDA device since the last reset (0 without CUDA support), and the
+// process's peak resident memory for the CPU.
+int64_t cuda_peak_memory(torch::Device device);
+void reset_cuda_peak_memory(torch::Device device);
+int64_t cpu_peak_rss();
+
 }  // namespace gmsa::compat

@@ -1,0 +1,591 @@
+#include "gmsa/train/trainer.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmsa/config/config.h"
+#include "gmsa/data/corpus.h"
+#include "gmsa/data/sampler.h"
+#include "gmsa/io/safetensors.h"
+#include "gmsa/metrics/metrics.h"
+#include "gmsa/model/compat.h"
+#include "gmsa/model/generation.h"
+#include "gmsa/model/pretrained.h"
+#include "gmsa/train/batching.h"
+#include "gmsa/train/checkpoint.h"
+#include "gmsa/train/flops.h"
+#include "gmsa/train/optimizer.h"
+#include "gmsa/train/rate_sampler.h"
+#include "gmsa/train/schedule.h"
+#include "gmsa/train/stage.h"
+#include "gmsa/util/error.h"
+#include "gmsa/util/io.h"
+
+namespace gmsa {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_stop_requested{false};
+
+static void on_signal(int) {
+  if (g_stop_requested.exchange(true)) std::_Exit(130);  // second signal: exit at once
+}
+
+void install_signal_handlers() {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+}
+
+namespace {
+
+// ------------------------------------------------------------------ setup
+
+std::vector<QaExample> read_examples(const std::string& path, const Stage& stage, const RunConfig& cfg,
+                                     int64_t limit = -1) {
+  if (stage.reads_qa()) {
+    if (cfg.data.format == "text") fail("{}: stage {} needs QA JSONL data, data.format is text", path, stage.name());
+    auto r = read_qa_jsonl(path, {cfg.data.skip_bad_lines});
+    if (r.skipped > 0) spdlog::warn("{}: skipped {} malformed lines", path, r.skipped);
+    if (limit >= 0 && static_cast<int64_t>(r.examples.size()) > limit) r.examples.resize(limit);
+    return std::move(r.examples);
+  }
+  CorpusFormat fmt = cfg.data.format == "text"    ? CorpusFormat::Text
+                     : cfg.data.format == "auto"  ? CorpusFormat::Auto
+                                                  : CorpusFormat::Jsonl;
+  CorpusReader reader(path, fmt);
+  std::vector<QaExample> out;
+  std::string doc;
+  while ((limit < 0 || static_cast<int64_t>(out.size()) < limit) && reader.next(doc)) {
+    if (doc.find_first_not_of(" \t\n\r") == std::string::npos) continue;
+    QaExample ex;
+    ex.id = path + ":" + std::to_string(reader.line());
+    ex.input = doc;
+    out.push_back(std::move(ex));
+  }
+  GMSA_CHECK(!out.empty(), "{}: no documents", path);
+  return out;
+}
+
+std::vector<Sample> tokenize_all(const std::vector<QaExample>& examples, const Stage& stage, const Tokenizer& tok) {
+  std::vector<Sample> out;
+  out.reserve(examples.size());
+  for (const auto& ex : examples) out.push_back(stage.make_sample(ex, tok));
+  return out;
+}
+
+ModelConfig config_from_init(const RunConfig& cfg, const Tokenizer& tok) {
+  const auto& i = cfg.model.init;
+  ModelConfig c;
+  c.model_type = "llama";
+  c.vocab_size = tok.vocab_size();
+  c.hidden_size = i.hidden_size;
+  c.intermediate_size = i.intermediate_size;
+  c.num_hidden_layers = i.num_layers;
+  c.num_attention_heads = i.num_heads;
+  c.num_key_value_heads = i.num_kv_heads;
+  GMSA_CHECK(i.hidden_size % i.num_heads == 0, "model.init: hidden_size {} is not a multiple of num_heads {}",
+             i.hidden_size, i.num_heads);
+  c.head_dim = i.hidden_size / i.num_heads;
+  c.max_position_embeddings = i.max_position_embeddings;
+  c.rope_theta = i.rope_theta;
+  c.rms_norm_eps = i.rms_norm_eps;
+  c.tie_word_embeddings = i.tie_word_embeddings;
+  c.bos_token_id = tok.bos_id();
+  if (tok.eos_id() >= 0) c.eos_token_ids = {tok.eos_id()};
+  c.pad_token_id = tok.pad_id();
+  c.validate("model.init");
+  return c;
+}
+
+struct Setup {
+  std::unique_ptr<GmsaModel> model;
+  std::shared_ptr<Tokenizer> tok;
+  std::string tokenizer_file;  // sentencepiece file to ship with an lm stage's output
+  torch::Device device = torch::kCPU;
+};
+
+Setup build(const RunConfig& cfg, const Stage& stage) {
+  Setup s;
+  s.device = parse_device(cfg.run.device);
+  const auto dtype = cfg.run.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
+  Decoder decoder{nullptr};
+  if (cfg.model.path.empty()) {
+    GMSA_CHECK(stage.name() == "lm", "model.path is empty: only stage lm builds a model from model.init");
+    GMSA_CHECK(!cfg.model.tokenizer.empty(), "model.tokenizer is required to build a model from model.init");
+    s.tok = load_tokenizer(cfg.model.tokenizer);
+    torch::manual_seed(cfg.run.seed);
+    decoder = Decoder(config_from_init(cfg, *s.tok));
+    torch::NoGradGuard g;
+    for (auto& p : decoder->named_parameters())
+      if (p.value().dim() >= 2) p.value().normal_(0.0, 0.02);  // GPT-2 / LLaMA-style init
+    decoder->to(s.device, dtype);
+    decoder->set_compute_dtype(dtype);
+  } else {
+    auto pm = load_pretrained(cfg.model.path, {s.device, dtype, cfg.model.tokenizer, true});
+    decoder = pm.decoder;
+    s.tok = pm.tokenizer;
+  }
+  s.tokenizer_file = cfg.model.tokenizer;
+  if (s.tokenizer_file.empty() && !cfg.model.path.empty() && is_directory(cfg.model.path))
+    s.tokenizer_file = join_path(cfg.model.path, "tokenizer.model");
+  Compressor comp{nullptr};
+  if (stage.uses_compressor()) {
+    if (!cfg.compressor.path.empty()) {
+      comp = load_compressor(cfg.compressor.path, decoder);
+    } else {
+      CompressorConfig cc;
+      cc.method = cfg.compressor.method;
+      cc.encoder_layers = cfg.compressor.encoder_layers;
+      cc.lora = {cfg.compressor.lora.r, cfg.compressor.lora.alpha, cfg.compressor.lora.dropout};
+      cc.lora_targets = cfg.compressor.lora.targets;
+      cc.lsa_type = cfg.compressor.lsa.type;
+      cc.lsa_layers = cfg.compressor.lsa.layers;
+      cc.tcp_mlp_hidden = cfg.compressor.tcp.mlp_hidden;
+      const int64_t min_rate = *std::min_element(cfg.data.rates.begin(), cfg.data.rates.end());
+      cc.tcp_max_memory = (cfg.data.max_context_tokens + min_rate - 1) / min_rate;
+      torch::manual_seed(cfg.run.seed + 1);
+      comp = Compressor(decoder, cc);
+    }
+  }
+  s.model = std::make_unique<GmsaModel>(decoder, comp);
+  return s;
+}
+
+// ------------------------------------------------------------------ logging
+
+std::shared_ptr<spdlog::logger> stage_logger(const std::string& dir) {
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(join_path(dir, "train.log"), false);
+  auto logger = std::make_shared<spdlog::logger>("train", spdlog::sinks_init_list{console, file});
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S] [%^%l%$] %v");
+  return logger;
+}
+
+std::string fmt_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+// Keeps the metrics file consistent with a resumed run: lines after the checkpoint go.
+void truncate_metrics(const std::string& path, int64_t last_step) {
+  if (!file_exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("step", int64_t{0}) <= last_step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+// ------------------------------------------------------------------ one stage
+
+class StageRunner {
+ public:
+  StageRunner(const RunConfig& cfg, std::string dir, const TrainOptions& opts)
+      : cfg_(cfg), dir_(std::move(dir)), opts_(opts), stage_(make_stage(cfg)) {}
+
+  StageSummary run();
+
+ private:
+  void load_data();
+  int64_t total_steps() const;
+  std::vector<const Sample*> next_micro_batch(std::vector<int64_t>& rates);
+  void save_checkpoint(int64_t step);
+  int64_t try_resume();
+  void export_result();
+  nlohmann::json evaluate();
+  double step_flops(const std::vector<std::vector<const Sample*>>& micro,
+                    const std::vector<std::vector<int64_t>>& rates) const;
+
+  RunConfig cfg_;
+  std::string dir_;
+  TrainOptions opts_;
+  std::unique_ptr<Stage> stage_;
+  Setup setup_;
+  std::vector<Sample> train_, eval_;
+  std::unique_ptr<BatchSampler> sampler_;
+  std::unique_ptr<RateSampler> rates_;
+  NamedTensors trainable_;
+  std::unique_ptr<AdamW> optim_;
+  std::unique_ptr<CheckpointManager> ckpt_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::vector<double> losses_;
+  int64_t bad_in_row_ = 0, skipped_ = 0;
+};
+
+void StageRunner::load_data() {
+  GMSA_CHECK(!cfg_.data.train.empty(), "data.train is empty: nothing to train on");
+  auto t0 = Clock::now();
+  train_ = tokenize_all(read_examples(cfg_.data.train, *stage_, cfg_), *stage_, *setup_.tok);
+  if (!cfg_.data.eval.empty())
+    eval_ = tokenize_all(read_examples(cfg_.data.eval, *stage_, cfg_, cfg_.data.eval_samples), *stage_, *setup_.tok);
+  std::vector<int64_t> lengths;
+  int64_t tokens = 0;
+  for (const auto& s : train_) {
+    lengths.push_back(s.length());
+    tokens += s.length();
+  }
+  SamplerOptions so;
+  so.batch_size = cfg_.stage.batch_size;
+  so.seed = static_cast<uint64_t>(cfg_.run.seed);
+  so.shuffle = cfg_.data.shuffle;
+  so.bucket = cfg_.data.bucket;
+  sampler_ = std::make_unique<BatchSampler>(lengths, so);
+  rates_ = std::make_unique<RateSampler>(cfg_.data.rates, cfg_.data.rate_weights,
+                                         static_cast<uint64_t>(cfg_.run.seed) ^ 0x5eedull);
+  log_->info("data: {} training examples ({} tokens), {} held-out; tokenised in {:.1f}s", train_.size(), tokens,
+             eval_.size(), std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+int64_t StageRunner::total_steps() const {
+  if (cfg_.stage.epochs > 0) {
+    const double batches = cfg_.stage.epochs * static_cast<double>(sampler_->batches_per_epoch());
+    return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(batches / cfg_.stage.grad_accum)));
+  }
+  return cfg_.stage.steps;
+}
+
+std::vector<const Sample*> StageRunner::next_micro_batch(std::vector<int64_t>& rates) {
+  std::vector<const Sample*> batch;
+  rates.clear();
+  for (int64_t i : sampler_->next_batch()) {
+    batch.push_back(&train_[static_cast<size_t>(i)]);
+    rates.push_back(stage_->uses_compressor() ? rates_->next() : 1);
+  }
+  return batch;
+}
+
+void StageRunner::save_checkpoint(int64_t step) {
+  auto rng = capture_rng(setup_.device);
+  auto path = ckpt_->save(step, [&](const std::string& tmp) {
+    NamedTensors params;
+    for (auto& [n, t] : trainable_) params.emplace_back(n, t.detach());
+    save_safetensors(join_path(tmp, "trainable.safetensors"), params);
+    auto state = optim_->state_tensors();
+    state.emplace_back("rng/cpu", rng.cpu);
+    if (rng.cuda.defined()) state.emplace_back("rng/cuda", rng.cuda);
+    save_safetensors(join_path(tmp, "optimizer.safetensors"), state);
+    nlohmann::json st = {{"step", step},
+                         {"optimizer_steps", optim_->step_count()},
+                         {"sampler", sampler_->state().to_json()},
+                         {"rates", rates_->state()},
+                         {"mt", rng.mt},
+                         {"skipped_steps", skipped_},
+                         {"bad_in_row", bad_in_row_},
+                         {"losses", losses_}};
+    save_json_atomic(join_path(tmp, "state.json"), st);
+  });
+  log_->info("checkpoint: {}", path);
+}
+
+int64_t StageRunner::try_resume() {
+  std::optional<std::string> latest;
+  if (!opts_.resume_dir.empty() || cfg_.train.resume == "auto") latest = ckpt_->latest();
+  if (!latest) {
+    if (!opts_.resume_dir.empty()) fail("{}: --resume given but no complete checkpoint found", dir_);
+    return 0;
+  }
+  const auto& d = *latest;
+  SafetensorsFile params(join_path(d, "trainable.safetensors"));
+  torch::NoGradGuard g;
+  for (auto& [n, t] : trainable_) {
+    if (!params.has(n)) fail("{}: checkpoint lacks trained tensor {} (was the config changed?)", d, n);
+    auto src = params.tensor(n);
+    if (src.sizes() != t.sizes()) fail("{}: tensor {} has another shape than the model's", d, n);
+    t.copy_(src);
+  }
+  SafetensorsFile opt(join_path(d, "optimizer.safetensors"));
+  auto st = load_json(join_path(d, "state.json"));
+  NamedTensors state;
+  RngSnapshot rng;
+  for (const auto& k : opt.keys()) {
+    if (k == "rng/cpu") rng.cpu = opt.tensor(k);
+    else if (k == "rng/cuda") rng.cuda = opt.tensor(k);
+    else state.emplace_back(k, opt.tensor(k).to(setup_.device));
+  }
+  optim_->load_state(state, st.at("optimizer_steps").get<int64_t>());
+  sampler_->restore(SamplerState::from_json(st.at("sampler")));
+  rates_->restore(st.at("rates").get<std::string>());
+  rng.mt = st.at("mt").get<std::string>();
+  restore_rng(rng, setup_.device);
+  skipped_ = st.at("skipped_steps").get<int64_t>();
+  bad_in_row_ = st.at("bad_in_row").get<int64_t>();
+  losses_ = st.at("losses").get<std::vector<double>>();
+  const int64_t step = st.at("step").get<int64_t>();
+  truncate_metrics(join_path(dir_, "metrics.jsonl"), step);
+  log_->info("resumed from {} at step {}", d, step);
+  return step;
+}
+
+double StageRunner::step_flops(const std::vector<std::vector<const Sample*>>& micro,
+                               const std::vector<std::vector<int64_t>>& rates) const {
+  FlopCounter fc(setup_.model->decoder->config(), setup_.model->compressor.is_empty()
+                                                        ? nullptr
+                                                        : &setup_.model->compressor->config(),
+                 stage_->name());
+  double total = 0;
+  for (size_t i = 0; i < micro.size(); ++i)
+    for (size_t j = 0; j < micro[i].size(); ++j) {
+      const auto* s = micro[i][j];
+      total += fc.sample(static_cast<int64_t>(s->context.size()), rates[i][j],
+                         static_cast<int64_t>(s->prompt.size()), static_cast<int64_t>(s->target.size()));
+    }
+  return total;
+}
+
+nlohmann::json StageRunner::evaluate() {
+  auto& model = *setup_.model;
+  torch::NoGradGuard g;
+  model.decoder->eval();
+  if (!model.compressor.is_empty()) model.compressor->eval();
+  double nll = 0;
+  int64_t tokens = 0;
+  const int64_t bs = cfg_.stage.batch_size;
+  for (size_t i = 0; i < eval_.size(); i += bs) {
+    std::vector<const Sample*> batch;
+    std::vector<int64_t> rates;
+    for (size_t j = i; j < std::min(eval_.size(), i + bs); ++j) {
+      batch.push_back(&eval_[j]);
+      // Held-out loss at every configured rate in turn: deterministic, covers each rate.
+      rates.push_back(cfg_.data.rates[j % cfg_.data.rates.size()]);
+    }
+    auto sums = model.loss(collate(batch, rates, false).to(setup_.device));
+    nll += sums.nll_sum.item<double>();
+    tokens += sums.tokens.item<int64_t>();
+  }
+  nlohmann::json out = {{"eval_loss", tokens ? nll / tokens : 0.0}, {"eval_tokens", tokens}};
+  if (stage_->name() == "ae" && !eval_.empty()) {
+    // Restoration BLEU on a few held-out samples, at the first configured rate.
+    const size_t n = std::min<size_t>(4, eval_.size());
+    std::vector<std::string> hyps;
+    std::vector<std::vector<std::string>> refs(1);
+    for (size_t i = 0; i < n; ++i) {
+      const auto& s = eval_[i];
+      auto ids = torch::tensor(std::vector<int64_t>(s.context.begin(), s.context.end()), torch::kLong)
+                     .unsqueeze(0).to(setup_.device);
+      auto soft = model.compress(ids, torch::tensor({ids.size(1)}), torch::tensor({cfg_.data.rates.front()}));
+      GenerationConfig gc;
+      gc.max_new_tokens = static_cast<int64_t>(s.target.size());
+      gc.repetition_penalty = 1.3;
+      auto res = generate(model.decoder, {{soft.embeds[0].narrow(0, 0, soft.lengths[0].item<int64_t>()),
+                                           std::vector<int64_t>(s.prompt.begin(), s.prompt.end())}}, gc);
+      std::vector<int> out_ids(res.tokens[0].begin(), res.tokens[0].end());
+      hyps.push_back(setup_.tok->decode(out_ids));
+      refs[0].push_back(setup_.tok->decode(s.context));
+    }
+    out["eval_bleu"] = metrics::corpus_bleu(hyps, refs).score;
+    out["eval_sample"] = hyps.front();
+  }
+  model.decoder->train();
+  if (!model.compressor.is_empty()) model.compressor->train();
+  return out;
+}
+
+void StageRunner::export_result() {
+  const auto out = join_path(dir_, "final");
+  fs::create_directories(out);
+  auto& model = *setup_.model;
+  if (stage_->name() == "lm") {
+    save_pretrained(out, model.decoder, file_exists(setup_.tokenizer_file) ? setup_.tokenizer_file : "");
+  } else {
+    save_compressor(out, model.compressor, model.decoder->config(), cfg_.model.path);
+    NamedTensors delta;
+    for (auto& [n, t] : trainable_)
+      if (n.rfind("decoder.", 0) == 0) delta.emplace_back(n.substr(8), t);
+    // Earlier stages' decoder changes travel with the compressor directory.
+    if (!cfg_.compressor.path.empty() && is_directory(cfg_.compressor.path) &&
+        file_exists(join_path(cfg_.compressor.path, kDecoderDeltaFile))) {
+      SafetensorsFile prev(join_path(cfg_.compressor.path, kDecoderDeltaFile));
+      auto params = model.decoder->named_parameters();
+      for (const auto& k : prev.keys()) {
+        bool have = std::any_of(delta.begin(), delta.end(), [&](auto& p) { return p.first == k; });
+        if (!have) delta.emplace_back(k, params[k]);
+      }
+    }
+    if (!delta.empty()) save_decoder_delta(out, delta);
+  }
+  write_file_atomic(join_path(out, "DONE"), "complete\n");
+}
+
+StageSummary StageRunner::run() {
+  fs::create_directories(dir_);
+  log_ = stage_logger(dir_);
+  write_file_atomic(join_path(dir_, "config.yaml"), dump_config(cfg_));
+  StageSummary summary;
+  summary.name = stage_->name();
+  summary.dir = dir_;
+  summary.output = join_path(dir_, "final");
+  if (file_exists(join_path(summary.output, "DONE"))) {
+    log_->info("stage {} already complete in {}; skipping", stage_->name(), dir_);
+    summary.completed = true;
+    return summary;
+  }
+  const int64_t threads = cfg_.run.threads > 0 ? cfg_.run.threads : std::thread::hardware_concurrency();
+  at::set_num_threads(static_cast<int>(std::max<int64_t>(1, threads)));
+  torch::manual_seed(cfg_.run.seed);
+  setup_ = build(cfg_, *stage_);
+  auto& model = *setup_.model;
+  log_->info("stage {}: model {} ({} layers, hidden {}), device {}, dtype {}, {} threads", stage_->name(),
+             cfg_.model.path.empty() ? "from model.init" : cfg_.model.path,
+             model.decoder->config().num_hidden_layers, model.decoder->config().hidden_size,
+             setup_.device.str(), cfg_.run.dtype, at::get_num_threads());
+  load_data();
+  trainable_ = stage_->select_trainable(model);
+  GMSA_CHECK(!trainable_.empty(), "stage {} selects no trainable parameters", stage_->name());
+  int64_t n_trainable = 0;
+  for (auto& [n, t] : trainable_) {
+    if (t.scalar_type() != torch::kFloat) t.set_data(t.detach().to(torch::kFloat));  // fp32 master
+    n_trainable += t.numel();
+  }
+  log_->info("trainable: {} tensors, {} parameters", trainable_.size(), n_trainable);
+  model.decoder->train();
+  model.decoder->set_activation_checkpointing(cfg_.train.activation_checkpointing);
+  if (!model.compressor.is_empty()) model.compressor->train();
+  optim_ = std::make_unique<AdamW>(trainable_, AdamWOptions{cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps,
+                                                            cfg_.optim.weight_decay});
+  const int64_t total = total_steps();
+  LrSchedule sched({cfg_.schedule.type, cfg_.optim.lr, cfg_.schedule.warmup_steps, cfg_.schedule.warmup_ratio,
+                    total, cfg_.schedule.min_lr_ratio});
+  ckpt_ = std::make_unique<CheckpointManager>(dir_, cfg_.train.keep_last);
+  int64_t step = try_resume();
+  const std::string metrics_path = join_path(dir_, "metrics.jsonl");
+  std::ofstream metrics(metrics_path, std::ios::app);
+  const bool bar = cfg_.train.progress == "bar" || (cfg_.train.progress == "auto" && ::isatty(STDERR_FILENO));
+  const bool cuda = setup_.device.is_cuda();
+  const double peak_flops = 989e12;  // H100 SXM dense bf16, the MFU denominator (docs/flops.md)
+  std::vector<torch::Tensor> params;
+  for (auto& [n, t] : trainable_) params.push_back(t);
+  auto t_start = Clock::now();
+  const int64_t first_step = step;
+  log_->info("training {} steps from step {} (batch {} x accumulation {})", total, step, cfg_.stage.batch_size,
+             cfg_.stage.grad_accum);
+  while (step < total) {
+    if (g_stop_requested || step == opts_.stop_after_step) break;
+    auto t0 = Clock::now();
+    if (cuda) compat::reset_cuda_peak_memory(setup_.device);
+    // All micro-batches are drawn first so the loss can be normalised by their target tokens.
+    std::vector<std::vector<const Sample*>> micro(cfg_.stage.grad_accum);
+    std::vector<std::vector<int64_t>> micro_rates(cfg_.stage.grad_accum);
+    int64_t target_tokens = 0, context_tokens = 0;
+    for (int64_t m = 0; m < cfg_.stage.grad_accum; ++m) {
+      micro[m] = next_micro_batch(micro_rates[m]);
+      target_tokens += count_target_tokens(micro[m]);
+      for (auto* s : micro[m]) context_tokens += s->length();
+    }
+    optim_->zero_grad();
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(setup_.device));
+    for (int64_t m = 0; m < cfg_.stage.grad_accum; ++m) {
+      auto batch = collate(micro[m], micro_rates[m], cuda).to(setup_.device);
+      auto sums = model.loss(batch);
+      (sums.nll_sum / static_cast<double>(target_tokens)).backward();
+      loss_sum += sums.nll_sum.detach();
+    }
+    auto gnorm = clip_grad_norm(params, cfg_.optim.clip);
+    // One host read per step: the loss and the gradient norm decide whether to update.
+    auto host = torch::stack({loss_sum / static_cast<double>(target_tokens), gnorm.to(loss_sum.dtype())}).cpu();
+    const double loss = host[0].item<double>(), norm = host[1].item<double>();
+    const double lr = sched.lr_at(step);
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      ++skipped_;
+      ++bad_in_row_;
+      optim_->zero_grad();
+      log_->warn("step {}: non-finite loss ({}) or gradient norm ({}); update skipped ({} in a row)", step + 1,
+                 loss, norm, bad_in_row_);
+      if (bad_in_row_ >= cfg_.train.max_bad_steps) {
+        save_checkpoint(step);
+        fail("stopping: {} non-finite steps in a row (train.max_bad_steps); checkpoint written in {}",
+             bad_in_row_, dir_);
+      }
+    } else {
+      bad_in_row_ = 0;
+      optim_->step(lr);
+    }
+    ++step;
+    losses_.push_back(loss);
+    if (cuda) torch::cuda::synchronize();
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
+    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(total - step);
+    if (step % cfg_.train.log_every == 0 || step == total) {
+      std::vector<int64_t> all_rates;
+      for (auto& r : micro_rates) all_rates.insert(all_rates.end(), r.begin(), r.end());
+      nlohmann::json line = {{"step", step},          {"loss", loss},
+                             {"lr", lr},              {"grad_norm", norm},
+                             {"ms", ms},              {"tokens_per_s", context_tokens / (ms / 1000.0)},
+                             {"target_tokens", target_tokens}, {"rates", all_rates},
+                             {"skipped_steps", skipped_}};
+      if (stage_->uses_compressor()) line["rates"] = all_rates;
+      if (cuda) {
+        line["peak_memory_gb"] = compat::cuda_peak_memory(setup_.device) / 1e9;
+        line["mfu"] = step_flops(micro, micro_rates) / (ms / 1000.0) / peak_flops;
+      }
+      if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 && !eval_.empty()) line.update(evaluate());
+      metrics << line.dump() << "\n" << std::flush;
+      const std::string msg = fmt::format("[{}] step {}/{} loss {:.4f} lr {:.2e} grad {:.3f} {:.0f} ms {:.0f} tok/s ETA {}",
+                                          stage_->name(), step, total, loss, lr, norm, ms,
+                                          context_tokens / (ms / 1000.0), fmt_duration(eta));
+      if (bar) {
+        const int width = 24, filled = static_cast<int>(width * step / std::max<int64_t>(total, 1));
+        std::fprintf(stderr, "\r%s |%s%s| %s", msg.c_str(), std::string(filled, '#').c_str(),
+                     std::string(width - filled, ' ').c_str(), step == total ? "\n" : "");
+        std::fflush(stderr);
+        log_->sinks()[1]->log(spdlog::details::log_msg("train", spdlog::level::info, msg));
+        if (line.contains("eval_loss")) log_->info("eval: {}", line.dump());
+      } else {
+        log_->info("{}{}", msg, line.contains("eval_loss") ? " eval " + line["eval_loss"].dump() : "");
+      }
+    }
+    if (cfg_.train.save_every > 0 && step % cfg_.train.save_every == 0 && step < total) save_checkpoint(step);
+  }
+  summary.steps = step;
+  summary.losses = losses_;
+  if (step < total) {
+    if (step > 0) save_checkpoint(step);
+    log_->warn("stopped at step {} of {}; resume with --resume {}", step, total, effective_run_dir(cfg_));
+    return summary;
+  }
+  save_checkpoint(step);
+  export_result();
+  summary.completed = true;
+  log_->info("stage {} done: {} steps, final loss {:.4f}; result in {}", stage_->name(), step,
+             losses_.empty() ? 0.0 : losses_.back(), summary.output);
+  return summary;
+}
+
+}  // namespace
+
+std::vector<StageSummary> train(const std::vector<RunConfig>& stages, const TrainOptions& opts) {
+  GMSA_CHECK(!stages.empty(), "no stage to train");
+  std::vector<StageSummary> out;
+  const std::string run_dir = opts.resume_dir.empty() ? effective_run_dir(stages.front()) : opts.resume_dir;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    RunConfig cfg = stages[i];
+    if (i > 0) {
+      // Each stage starts from the previous stage's result.
+      const auto& prev = out.back();
+      if (prev.name == "lm") cfg.model.path = prev.output;
+      else cfg.compressor.path = prev.output;
+      if (prev.name == "lm" && cfg.model.tokenizer == stages[i - 1].model.tokenizer) cfg.model.tokenizer.clear();
+    }
+    const std::string dir = stages.size() == 1 ? run_dir
+                                               : join_path(run_dir, fmt::format("stage{}-{}", i, cfg.stage.type));
+    StageRunner runner(cfg, dir, opts);
+    out.push_back(runner.run());
+    if (!out.back().completed) break;
+  }
+  return out;
+}
+
+}  // namespace gmsa
