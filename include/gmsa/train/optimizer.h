@@ -34,7 +34,8 @@ class AdamW {
 
   // One update with learning rate `lr` for every parameter that has a gradient. On CUDA with
   // LibTorch >= 2.1 and fp32 contiguous tensors this is the fused multi-tensor kernel;
-  // otherwise the _foreach_ ops (a multi-tensor loop on CUDA, a plain loop on CPU).
+  // otherwise the _foreach_ ops (a multi-tensor loop on CUDA, a plain loop on CPU). Every call
+  // advances step_count() by one, even if no parameter has a gradient.
   void step(double lr);
   // Drops the gradients (grad() becomes undefined), like set_to_none=True.
   void zero_grad();
