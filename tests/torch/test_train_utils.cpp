@@ -105,7 +105,8 @@ TEST(AdamW, MatchesLibTorchWithWeightDecayOnMatricesOnly) {
   EXPECT_LT(compare_with_libtorch(0.3, 6), 1e-6);
 }
 
-// On CUDA (fused kernel with LibTorch >= 2.1, foreach otherwise) the result must match the CPU.
+// On CUDA (fused kernel with LibTorch >= 2.1, foreach otherwise) the result must match the CPU
+// up to fp32 rounding (the kernels order operations differently; a real bug is >> 1e-5).
 TEST(AdamW, CudaMatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   gmsa::NamedTensors cpu = make_params(9), gpu;
@@ -119,7 +120,7 @@ TEST(AdamW, CudaMatchesCpu) {
     b.step(0.05);
   }
   for (size_t i = 0; i < cpu.size(); ++i)
-    EXPECT_LT(max_abs_diff(cpu[i].second, gpu[i].second.cpu()), 1e-6) << cpu[i].first;
+    EXPECT_LT(max_abs_diff(cpu[i].second, gpu[i].second.cpu()), 1e-5) << cpu[i].first;
 }
 
 TEST(AdamW, DecayRule) {
