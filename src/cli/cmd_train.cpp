@@ -2,6 +2,7 @@
 #include "command.h"
 #include "gmsa/config/config.h"
 #include "gmsa/train/trainer.h"
+#include "gmsa/util/error.h"
 #include "gmsa/util/io.h"
 
 namespace {

@@ -18,14 +18,14 @@ EncoderImpl::EncoderImpl(Decoder& decoder, const CompressorConfig& cfg) : decode
     auto mine = layer->linears();
     auto theirs = src->linears();
     for (size_t j = 0; j < mine.size(); ++j) mine[j].second->share_base_from(*theirs[j].second);
-    layer->input_layernorm->weight = layer->input_layernorm->register_parameter(
+    layer->input_layernorm->weight = layer->input_layernorm->set_parameter(
         "weight", src->input_layernorm->weight, false);
-    layer->post_attention_layernorm->weight = layer->post_attention_layernorm->register_parameter(
+    layer->post_attention_layernorm->weight = layer->post_attention_layernorm->set_parameter(
         "weight", src->post_attention_layernorm->weight, false);
     if (!src->self_attn->q_norm.is_empty()) {
       auto& a = *layer->self_attn;
-      a.q_norm->weight = a.q_norm->register_parameter("weight", src->self_attn->q_norm->weight, false);
-      a.k_norm->weight = a.k_norm->register_parameter("weight", src->self_attn->k_norm->weight, false);
+      a.q_norm->weight = a.q_norm->set_parameter("weight", src->self_attn->q_norm->weight, false);
+      a.k_norm->weight = a.k_norm->set_parameter("weight", src->self_attn->k_norm->weight, false);
     }
     if (cfg.lora.r > 0)
       for (auto& [name, lin] : mine)
@@ -35,9 +35,9 @@ EncoderImpl::EncoderImpl(Decoder& decoder, const CompressorConfig& cfg) : decode
     layers.push_back(layer);
   }
   norm = register_module("norm", RMSNorm(mc.hidden_size, mc.rms_norm_eps));
-  norm->weight = norm->register_parameter("weight", decoder->model->norm->weight, false);
+  norm->weight = norm->set_parameter("weight", decoder->model->norm->weight, false);
   embed_tokens = register_module("embed_tokens", Embedding(1, 1));
-  embed_tokens->weight = embed_tokens->register_parameter("weight", decoder->model->embed_tokens->weight, false);
+  embed_tokens->weight = embed_tokens->set_parameter("weight", decoder->model->embed_tokens->weight, false);
   // Move LoRA tensors (created fp32 on CPU) next to the base weights.
   to(decoder->model->embed_tokens->weight.device());
 }
@@ -60,9 +60,9 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor& embeds) {
 int64_t EncoderImpl::untie_trained() {
   torch::NoGradGuard g;
   int64_t n = 0;
-  auto private_copy = [&](torch::nn::Module& owner, torch::Tensor& member) {
+  auto private_copy = [&](ModuleBase& owner, torch::Tensor& member) {
     if (!member.requires_grad()) return;
-    member = owner.register_parameter("weight", member.detach().clone(), false);
+    member = owner.set_parameter("weight", member.detach().clone(), false);
     ++n;
   };
   for (auto& layer : layers) {

@@ -30,10 +30,12 @@ SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
   // Flat slot b * M + group for real tokens; padding goes to a spare slot that is dropped.
   auto rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
   auto slot = torch::where(valid, rows * M + group, torch::full_like(group, B * M)).view({-1});
-  auto sums = torch::zeros({B * M + 1, H}, hidden.options().dtype(torch::kFloat));
-  sums.index_add_(0, slot, hidden.reshape({B * T, H}).to(torch::kFloat));
+  // Sums in fp32 at least (bf16 sums of many states would lose precision).
+  const auto acc = hidden.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto sums = torch::zeros({B * M + 1, H}, hidden.options().dtype(acc));
+  sums.index_add_(0, slot, hidden.reshape({B * T, H}).to(acc));
   auto sizes = torch::zeros({B * M + 1}, sums.options());
-  sizes.index_add_(0, slot, valid.view({-1}).to(torch::kFloat));
+  sizes.index_add_(0, slot, valid.view({-1}).to(acc));
   auto means = sums.narrow(0, 0, B * M) / sizes.narrow(0, 0, B * M).clamp_min(1).unsqueeze(1);
   auto soft_mask = (torch::arange(M, rows.options()).unsqueeze(0) < counts.unsqueeze(1)).to(torch::kLong);
   return {means.view({B, M, H}).to(hidden.scalar_type()), soft_mask, counts};

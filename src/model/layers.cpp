@@ -12,6 +12,13 @@ static torch::Tensor cast_like(const torch::Tensor& t, const torch::Tensor& like
   return t.scalar_type() == like.scalar_type() ? t : t.to(like.scalar_type());
 }
 
+torch::Tensor ModuleBase::set_parameter(const std::string& name, torch::Tensor tensor, bool requires_grad) {
+  if (!parameters_.contains(name)) return register_parameter(name, tensor, requires_grad);
+  tensor.set_requires_grad(requires_grad);
+  parameters_[name] = tensor;
+  return tensor;
+}
+
 // ---------------------------------------------------------------- Linear (+ LoRA)
 
 LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias) : in_features(in), out_features(out) {
@@ -46,14 +53,14 @@ void LinearImpl::add_lora(const LoraSpec& spec) {
 void LinearImpl::share_base_from(LinearImpl& other) {
   GMSA_CHECK(other.in_features == in_features && other.out_features == out_features,
              "cannot share weights between linear layers of different shapes");
-  weight = register_parameter("weight", other.weight, other.weight.requires_grad());
-  if (other.bias.defined()) bias = register_parameter("bias", other.bias, other.bias.requires_grad());
+  weight = set_parameter("weight", other.weight, other.weight.requires_grad());
+  if (other.bias.defined()) bias = set_parameter("bias", other.bias, other.bias.requires_grad());
 }
 
 void LinearImpl::untie_base() {
   torch::NoGradGuard guard;
-  weight = register_parameter("weight", weight.detach().clone(), false);
-  if (bias.defined()) bias = register_parameter("bias", bias.detach().clone(), false);
+  weight = set_parameter("weight", weight.detach().clone(), false);
+  if (bias.defined()) bias = set_parameter("bias", bias.detach().clone(), false);
 }
 
 // ---------------------------------------------------------------- RMSNorm

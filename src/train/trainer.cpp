@@ -268,20 +268,17 @@ std::vector<const Sample*> StageRunner::next_micro_batch(std::vector<int64_t>& r
 }
 
 void StageRunner::save_checkpoint(int64_t step) {
-  auto rng = capture_rng(setup_.device);
+  auto rng = capture_rng();
   auto path = ckpt_->save(step, [&](const std::string& tmp) {
     NamedTensors params;
     for (auto& [n, t] : trainable_) params.emplace_back(n, t.detach());
     save_safetensors(join_path(tmp, "trainable.safetensors"), params);
-    auto state = optim_->state_tensors();
-    state.emplace_back("rng/cpu", rng.cpu);
-    if (rng.cuda.defined()) state.emplace_back("rng/cuda", rng.cuda);
-    save_safetensors(join_path(tmp, "optimizer.safetensors"), state);
+    save_safetensors(join_path(tmp, "optimizer.safetensors"), optim_->state_tensors());
     nlohmann::json st = {{"step", step},
                          {"optimizer_steps", optim_->step_count()},
                          {"sampler", sampler_->state().to_json()},
                          {"rates", rates_->state()},
-                         {"mt", rng.mt},
+                         {"rng", rng_to_json(rng)},
                          {"skipped_steps", skipped_},
                          {"bad_in_row", bad_in_row_},
                          {"losses", losses_}};
@@ -309,17 +306,11 @@ int64_t StageRunner::try_resume() {
   SafetensorsFile opt(join_path(d, "optimizer.safetensors"));
   auto st = load_json(join_path(d, "state.json"));
   NamedTensors state;
-  RngSnapshot rng;
-  for (const auto& k : opt.keys()) {
-    if (k == "rng/cpu") rng.cpu = opt.tensor(k);
-    else if (k == "rng/cuda") rng.cuda = opt.tensor(k);
-    else state.emplace_back(k, opt.tensor(k).to(setup_.device));
-  }
+  for (const auto& k : opt.keys()) state.emplace_back(k, opt.tensor(k).to(setup_.device));
   optim_->load_state(state, st.at("optimizer_steps").get<int64_t>());
   sampler_->restore(SamplerState::from_json(st.at("sampler")));
   rates_->restore(st.at("rates").get<std::string>());
-  rng.mt = st.at("mt").get<std::string>();
-  restore_rng(rng, setup_.device);
+  restore_rng(rng_from_json(st.at("rng")));
   skipped_ = st.at("skipped_steps").get<int64_t>();
   bad_in_row_ = st.at("bad_in_row").get<int64_t>();
   losses_ = st.at("losses").get<std::vector<double>>();

@@ -1,5 +1,7 @@
 // The GMSA compressor against independent references: group merging vs a naive per-sample
 // loop, packed batches vs rows alone, and which parameters each stage trains.
+#include <regex>
+
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/config/run_config.h"
 #include "gmsa/train/stage.h"

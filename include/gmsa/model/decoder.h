@@ -27,7 +27,7 @@ struct DecoderOutput {
   torch::Tensor hidden_at;     // after `hidden_after_layer` layers, if asked
 };
 
-class EmbeddingImpl : public torch::nn::Module {
+class EmbeddingImpl : public ModuleBase {
  public:
   EmbeddingImpl(int64_t vocab, int64_t dim);
   torch::Tensor forward(const torch::Tensor& ids);

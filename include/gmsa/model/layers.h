@@ -7,6 +7,14 @@
 
 namespace gmsa {
 
+// torch::nn::Module whose parameters can be re-pointed at other tensors: how the encoder
+// shares the decoder's weights, and later takes private copies of them.
+class ModuleBase : public torch::nn::Module {
+ public:
+  // Registers `tensor` under `name`, replacing the tensor already registered there.
+  torch::Tensor set_parameter(const std::string& name, torch::Tensor tensor, bool requires_grad);
+};
+
 // Low-rank adapter (Hu et al. 2021): y += (dropout(x) A^T B^T) * alpha / r.
 struct LoraSpec {
   int64_t r = 0;
@@ -16,7 +24,7 @@ struct LoraSpec {
 
 // nn.Linear with an optional LoRA adapter. Parameters are cast to the input's dtype on use,
 // so trained parameters can stay fp32 (master weights) while the compute runs in bf16.
-class LinearImpl : public torch::nn::Module {
+class LinearImpl : public ModuleBase {
  public:
   LinearImpl(int64_t in, int64_t out, bool bias);
   torch::Tensor forward(const torch::Tensor& x);
@@ -34,7 +42,7 @@ class LinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Linear);
 
-class RMSNormImpl : public torch::nn::Module {
+class RMSNormImpl : public ModuleBase {
  public:
   RMSNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);
