@@ -100,7 +100,8 @@ Decoder random_decoder(const ModelConfig& cfg, torch::Device device, torch::Scal
 struct Bench {
   Decoder decoder;
   Compressor compressor;
-  torch::Tensor context;  // [B, L] on the device
+  torch::Tensor context;       // [B, L] on the device
+  torch::Tensor context_host;  // the same ids on the CPU, for the original prompt
   std::vector<int64_t> prompt;
   const BenchInferOptions& opts;
   torch::Device device;
@@ -121,14 +122,13 @@ struct Bench {
       s.compress_ms = ms_since(t0);
     }
     std::vector<GenerationPrompt> prompts(B);
-    auto host = context.to(torch::kCPU);
     for (int64_t b = 0; b < B; ++b) {
       auto& p = prompts[b];
       if (rate > 0) {
         p.prefix_embeds = soft.embeds[b].narrow(0, 0, soft.lengths[b].item<int64_t>());
       } else {
         if (mc.bos_token_id >= 0) p.ids.push_back(mc.bos_token_id);
-        auto row = host[b];
+        auto row = context_host[b];
         p.ids.insert(p.ids.end(), row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + L);
       }
       p.ids.insert(p.ids.end(), prompt.begin(), prompt.end());
@@ -246,7 +246,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   auto prompt_t = torch::randint(low, mc.vocab_size, {opts.prompt_tokens}, torch::kLong);
   std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + opts.prompt_tokens);
 
-  Bench bench{decoder, compressor, context, prompt, opts, device};
+  Bench bench{decoder, compressor, context, context.to(torch::kCPU), prompt, opts, device};
   BenchInferReport report;
   report.cases.push_back(bench.run_case(0));
   for (int64_t r : opts.rates) report.cases.push_back(bench.run_case(r));

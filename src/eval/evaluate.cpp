@@ -44,11 +44,20 @@ std::vector<RowKey> row_order(const std::vector<std::string>& methods,
   return rows;
 }
 
+// The methods to run; each compressed one must have a compressor and some rate.
 std::vector<std::string> resolve_methods(const EvalOptions& opts,
                                          const std::vector<std::string>& compressor_methods) {
-  if (!opts.methods.empty()) return opts.methods;
-  std::vector<std::string> methods{"original", "closed-book"};
-  methods.insert(methods.end(), compressor_methods.begin(), compressor_methods.end());
+  std::vector<std::string> methods = opts.methods;
+  if (methods.empty()) {
+    methods = {"original", "closed-book"};
+    methods.insert(methods.end(), compressor_methods.begin(), compressor_methods.end());
+  }
+  for (const auto& m : methods) {
+    if (!is_compressed(m)) continue;
+    if (std::find(compressor_methods.begin(), compressor_methods.end(), m) == compressor_methods.end())
+      fail("eval: method {} needs a {} compressor (--compressor DIR)", m, m);
+    GMSA_CHECK(!opts.rates.empty(), "eval: method {} needs at least one rate (--rates)", m);
+  }
   return methods;
 }
 
@@ -168,31 +177,6 @@ BatchOutput run_batch(const MethodRun& run, const std::vector<const EncodedExamp
     add_target_nll(dec, soft, text_batch(prompt_ids, targets), out);
   }
   return out;
-}
-
-void score_row(const std::string& task, const std::vector<std::string>& predictions,
-               const std::vector<std::vector<std::string>>& references, const BatchOutput& sums,
-               EvalRow& row) {
-  const size_t n = predictions.size();
-  row.examples = n;
-  if (task == "qa") {
-    metrics::QaAggregator agg;
-    for (size_t i = 0; i < n; ++i) agg.add(predictions[i], references[i]);
-    const auto mean = agg.mean();
-    row.acc = mean.acc, row.em = mean.em, row.f1 = mean.f1;
-    return;
-  }
-  std::vector<std::string> refs(n);
-  for (size_t i = 0; i < n; ++i) {
-    refs[i] = references[i].front();
-    const auto r = metrics::rouge(predictions[i], refs[i]);
-    row.prefix_em += metrics::prefix_em(predictions[i], refs[i]) / n;
-    row.rouge1 += r.rouge1.f1 / n;
-    row.rouge2 += r.rouge2.f1 / n;
-    row.rougeL += r.rougeL.f1 / n;
-  }
-  row.bleu = metrics::corpus_bleu(predictions, {refs}).score;
-  row.ppl = metrics::perplexity(sums.nll, sums.tokens);
 }
 
 std::string upper_method(const std::string& method) {
@@ -322,6 +306,34 @@ std::vector<int64_t> method_prompt_ids(const std::string& method, const EncodedE
   return ids;
 }
 
+EvalRow score_predictions(const std::string& task, const std::vector<std::string>& predictions,
+                          const std::vector<std::vector<std::string>>& references) {
+  GMSA_CHECK(predictions.size() == references.size(), "eval: {} predictions for {} references",
+             predictions.size(), references.size());
+  const size_t n = predictions.size();
+  EvalRow row;
+  row.examples = n;
+  if (task == "qa") {
+    metrics::QaAggregator agg;
+    for (size_t i = 0; i < n; ++i) agg.add(predictions[i], references[i]);
+    const auto mean = agg.mean();
+    row.acc = mean.acc, row.em = mean.em, row.f1 = mean.f1;
+    return row;
+  }
+  std::vector<std::string> refs(n);
+  for (size_t i = 0; i < n; ++i) {
+    GMSA_CHECK(references[i].size() == 1, "eval: restoration has one reference per example");
+    refs[i] = references[i].front();
+    const auto r = metrics::rouge(predictions[i], refs[i]);
+    row.prefix_em += metrics::prefix_em(predictions[i], refs[i]) / n;
+    row.rouge1 += r.rouge1.f1 / n;
+    row.rouge2 += r.rouge2.f1 / n;
+    row.rougeL += r.rougeL.f1 / n;
+  }
+  row.bleu = metrics::corpus_bleu(predictions, {refs}).score;
+  return row;
+}
+
 std::string EvalRow::label() const {
   if (method == "original") return "Original";
   if (method == "closed-book") return "Closed-book";
@@ -358,9 +370,6 @@ EvalResult run_eval(Decoder& decoder, const Tokenizer& tok, const std::vector<Co
     compressor_methods.push_back(m);
   }
   const auto methods = resolve_methods(opts, compressor_methods);
-  for (const auto& m : methods)
-    if (is_compressed(m) && !by_method.count(m))
-      fail("eval: method {} needs a {} compressor (--compressor DIR)", m, m);
   torch::manual_seed(opts.seed);
 
   std::vector<EncodedExample> encoded;
@@ -387,10 +396,10 @@ EvalResult run_eval(Decoder& decoder, const Tokenizer& tok, const std::vector<Co
       all.nll += out.nll;
       all.tokens += out.tokens;
     }
-    EvalRow row;
+    EvalRow row = score_predictions(opts.task, all.predictions, references);
     row.method = method;
     row.rate = rate;
-    score_row(opts.task, all.predictions, references, all, row);
+    if (opts.task == "restore") row.ppl = metrics::perplexity(all.nll, all.tokens);
     for (size_t i = 0; i < examples.size(); ++i)
       result.predictions.push_back({examples[i].id, method, rate, all.predictions[i], references[i]});
     spdlog::info("eval {} {}: {} examples in {:.1f} s", dataset, row.label(), row.examples,
@@ -407,9 +416,6 @@ std::vector<EvalResult> run_eval(const EvalFiles& files, const EvalOptions& opts
   for (const auto& dir : files.compressors) comp_methods.push_back(compressor_file_method(dir));
   const auto methods = resolve_methods(opts, comp_methods);
   const auto order = row_order(methods, opts.rates);
-  for (const auto& m : methods)
-    if (is_compressed(m) && std::find(comp_methods.begin(), comp_methods.end(), m) == comp_methods.end())
-      fail("eval: method {} needs a {} compressor (--compressor DIR)", m, m);
 
   std::vector<std::vector<EvalExample>> examples;
   std::vector<EvalResult> results;

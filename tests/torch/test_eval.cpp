@@ -313,6 +313,41 @@ TEST_F(EvalTest, SoftPrefixGenerationMatchesManualCompressAndGenerate) {
   EXPECT_EQ(r.predictions[i].prediction, model.tokenizer->decode(std::vector<int>(t.begin(), t.end())));
 }
 
+TEST(EvalScoring, QaMeansOverExamples) {
+  // Normalised (SQuAD): "paris" / "violin player" / "berlin".
+  //   EM:  1, 0 ("violin player" != "violin"), 0  -> 1/3
+  //   Acc: 1, 1 ("violin" is contained), 0          -> 2/3
+  //   F1:  1, P = 1/2, R = 1 -> 2/3, 0              -> (1 + 2/3) / 3 = 5/9
+  const auto row = score_predictions("qa", {"Paris.", "the violin player", "Berlin"},
+                                     {{"Paris"}, {"violin", "viola"}, {"chemistry"}});
+  EXPECT_EQ(row.examples, 3);
+  EXPECT_NEAR(row.em, 1.0 / 3, 1e-12);
+  EXPECT_NEAR(row.acc, 2.0 / 3, 1e-12);
+  EXPECT_NEAR(row.f1, 5.0 / 9, 1e-12);
+}
+
+TEST(EvalScoring, RestoreExactAndHalfRestoration) {
+  const std::string ref = "a b c d e f g h";
+  // Exact: BLEU 100, Prefix-EM 1, ROUGE 1.
+  const auto exact = score_predictions("restore", {ref}, {{ref}});
+  EXPECT_NEAR(exact.bleu, 100.0, 1e-9);
+  EXPECT_NEAR(exact.prefix_em, 1.0, 1e-12);
+  EXPECT_NEAR(exact.rougeL, 1.0, 1e-12);
+  // With a second example restoring only "a b c d" (4 of 8 tokens):
+  //   Prefix-EM (1 + 4/8) / 2 = 0.75;
+  //   ROUGE-1 F1 of the half: P = 1, R = 1/2 -> 2/3; mean (1 + 2/3) / 2 = 5/6;
+  //   ROUGE-2: 3 of 3 hypothesis bigrams, 3 of 7 reference ones -> F1 = 2 (3/7) / (10/7) = 3/5,
+  //            mean 4/5;
+  //   BLEU (corpus): hypothesis 12 tokens vs reference 16 -> BP = exp(1 - 16/12); n-gram
+  //            precisions 1 -> BLEU = 100 exp(-1/3).
+  const auto half = score_predictions("restore", {ref, "a b c d"}, {{ref}, {ref}});
+  EXPECT_NEAR(half.prefix_em, 0.75, 1e-12);
+  EXPECT_NEAR(half.rouge1, 5.0 / 6, 1e-12);
+  EXPECT_NEAR(half.rouge2, 4.0 / 5, 1e-12);
+  EXPECT_NEAR(half.bleu, 100 * std::exp(-1.0 / 3), 1e-9);
+  EXPECT_EQ(half.ppl, 0);  // set by run_eval from the teacher-forced loss
+}
+
 TEST_F(EvalTest, TableCombinesDatasetsAndTasks) {
   EvalResult a{"qa", "nq", {}, {}}, b{"qa", "tqa", {}, {}}, c{"restore", "pwc", {}, {}};
   EvalRow orig;

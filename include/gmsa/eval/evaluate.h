@@ -79,6 +79,11 @@ struct EvalRow {
   std::string label() const;  // "Original", "Closed-book", "GMSA@4x", "TCP@8x"
 };
 
+// A row's text metrics (all but PPL) from its predictions: restore takes one reference per
+// example (corpus BLEU, mean Prefix-EM and ROUGE F1), qa the gold answers (mean Acc / EM / F1).
+EvalRow score_predictions(const std::string& task, const std::vector<std::string>& predictions,
+                          const std::vector<std::vector<std::string>>& references);
+
 struct EvalPrediction {
   std::string id, method;
   int64_t rate = 0;
