@@ -1,0 +1,64 @@
+#pragma once
+// Inference latency of the uncompressed prompt vs GMSA at several rates (docs/evaluation.md):
+// compression, prefill (time to first token), decoding a fixed number of new tokens, end to
+// end, and peak memory. Without a checkpoint the model is random weights of a named
+// architecture's shape: latency does not depend on the values.
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gmsa/model/config.h"
+
+namespace gmsa {
+
+struct BenchInferOptions {
+  std::string model;       // HF directory or llama2.c .bin; empty: random weights of `arch`
+  std::string arch;        // llama2-7b | llama3-8b | qwen2-7b | tiny
+  std::string compressor;  // a compressor directory; empty: a random GMSA compressor
+  int64_t context_tokens = 3000;
+  int64_t prompt_tokens = 16;  // question tokens after the context / soft tokens
+  int64_t new_tokens = 100;
+  int64_t batch = 1;
+  std::vector<int64_t> rates{4, 8};
+  int64_t repeats = 5;
+  int64_t warmup = 1;
+  std::string device = "auto";
+  std::string dtype = "auto";  // fp32 | bf16 | auto (bf16 on CUDA, fp32 on the CPU)
+  uint64_t seed = 0;
+};
+
+// One timed run (milliseconds).
+struct BenchSample {
+  double compress_ms = 0;  // 0 for the original prompt
+  double prefill_ms = 0;   // decoder input built, prompt forward, first token
+  double decode_ms = 0;    // the remaining new_tokens - 1 steps
+  double total_ms = 0;     // compress start to last token
+  int64_t generated = 0;   // new tokens per row (always new_tokens: EOS does not stop)
+};
+
+struct BenchCase {
+  std::string name;            // "original", "gmsa@4x"
+  int64_t rate = 0;            // 0 for the original prompt
+  int64_t decoder_tokens = 0;  // decoder input length per row (BOS + context or soft, + prompt)
+  std::vector<BenchSample> samples;
+  BenchSample median;          // field-wise medians over samples
+  double tokens_per_s = 0;     // batch * new_tokens / median end-to-end time
+  int64_t peak_bytes = -1;     // CUDA: peak allocated in this case; CPU: process max RSS
+};
+
+struct BenchInferReport {
+  nlohmann::json setup;  // device, torch version, shapes, options
+  std::vector<BenchCase> cases;
+  nlohmann::json to_json() const;
+  std::string table() const;  // markdown
+};
+
+// The decoder shape of a named architecture (Hugging Face config values); throws gmsa::Error
+// for an unknown name.
+ModelConfig arch_config(const std::string& name);
+
+BenchInferReport run_bench_infer(const BenchInferOptions& opts);
+
+}  // namespace gmsa

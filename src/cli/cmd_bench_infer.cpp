@@ -1,0 +1,69 @@
+// gmsa bench infer: inference latency of the original prompt vs compressed ones
+// (docs/evaluation.md). This file may create the `bench` parent (order 70); other `bench`
+// children (e.g. `bench train`) attach to it the same way.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <memory>
+
+#include "command.h"
+#include "gmsa/eval/bench_infer.h"
+#include "gmsa/util/io.h"
+
+namespace {
+
+struct BenchArgs {
+  gmsa::BenchInferOptions opts;
+  std::string json;
+};
+
+void run(const BenchArgs& a) {
+  const auto report = gmsa::run_bench_infer(a.opts);
+  const auto& s = report.setup;
+  fmt::print("{}, LibTorch {}, {} ({}), batch {}, context {} + prompt {} tokens, {} new tokens, "
+             "medians of {} runs after {} warm-up\n\n{}",
+             s["device"].get<std::string>(), s["torch"].get<std::string>(), s["model"].get<std::string>(),
+             s["dtype"].get<std::string>(), a.opts.batch, a.opts.context_tokens, a.opts.prompt_tokens,
+             a.opts.new_tokens, a.opts.repeats, a.opts.warmup, report.table());
+  if (!a.json.empty()) {
+    gmsa::write_file_atomic(a.json, report.to_json().dump(2) + "\n");
+    spdlog::info("wrote {}", a.json);
+  }
+}
+
+// Whichever `bench` child registers first creates the group.
+CLI::App* bench_group(CLI::App& app) {
+  try {
+    return app.get_subcommand("bench");
+  } catch (const CLI::OptionNotFound&) {
+    auto* bench = app.add_subcommand("bench", "Benchmarks");
+    bench->require_subcommand(1);
+    return bench;
+  }
+}
+
+gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
+  auto* sub = bench_group(app)->add_subcommand(
+      "infer", "Latency of compression, prefill and decoding: original prompt vs each rate");
+  auto a = std::make_shared<BenchArgs>();
+  auto& o = a->opts;
+  auto* model = sub->add_option("--model", o.model, "HF directory or llama2.c .bin");
+  auto* arch = sub->add_option("--arch", o.arch, "Random weights of a shape: llama2-7b | llama3-8b | qwen2-7b | tiny");
+  model->excludes(arch);
+  arch->excludes(model);
+  sub->add_option("--compressor", o.compressor, "Compressor directory (default: a random GMSA compressor)");
+  sub->add_option("--context-tokens", o.context_tokens, "Context length (random ids)")->capture_default_str();
+  sub->add_option("--prompt-tokens", o.prompt_tokens, "Question tokens after the context")->capture_default_str();
+  sub->add_option("--new-tokens", o.new_tokens, "Tokens decoded per run (no EOS stop)")->capture_default_str();
+  sub->add_option("--batch", o.batch, "Rows per run")->capture_default_str();
+  sub->add_option("--rates", o.rates, "Compression rates (comma list)")->delimiter(',')->capture_default_str();
+  sub->add_option("--repeats", o.repeats, "Timed runs per case (medians reported)")->capture_default_str();
+  sub->add_option("--warmup", o.warmup, "Untimed runs per case first")->capture_default_str();
+  sub->add_option("--device", o.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  sub->add_option("--dtype", o.dtype, "auto (bf16 on CUDA, else fp32) | fp32 | bf16")->capture_default_str();
+  sub->add_option("--seed", o.seed, "Seed of the random weights and ids")->capture_default_str();
+  sub->add_option("--json", a->json, "Write the full report (every sample) here");
+  sub->callback([a] { run(*a); });
+});
+
+}  // namespace
