@@ -1,6 +1,5 @@
 // The only translation unit that includes sentencepiece (see include/gmsa/text/spm_backend.h).
 #include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 
 #include "gmsa/text/spm_backend.h"
 
@@ -26,10 +25,6 @@ class Backend final : public gmsa::SpmBackend {
   int bos_id() const override { return sp_.bos_id(); }
   int eos_id() const override { return sp_.eos_id(); }
   int pad_id() const override { return sp_.pad_id(); }
-  std::string train(const std::string& flags) const override {
-    auto s = sentencepiece::SentencePieceTrainer::Train(flags);
-    return s.ok() ? "" : s.ToString();
-  }
 
  private:
   sentencepiece::SentencePieceProcessor sp_;

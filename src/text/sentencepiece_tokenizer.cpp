@@ -1,16 +1,22 @@
 // sentencepiece tokenizer.model (LLaMA-2, Mistral, llama2.c, the quickstart's own model),
 // through the isolated backend module (see gmsa/text/spm_backend.h for why).
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "gmsa/text/spm_backend.h"
 #include "gmsa/text/tokenizer.h"
 #include "gmsa/util/error.h"
 #include "gmsa/util/io.h"
+
+extern char** environ;
 
 namespace gmsa {
 namespace {
@@ -95,8 +101,30 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<SpmBackend> make_spm_backend() { return std::unique_ptr<SpmBackend>(load_factory()()); }
 
 void train_sentencepiece(const std::string& flags) {
-  auto err = make_spm_backend()->train(flags);
-  if (!err.empty()) fail("sentencepiece training failed: {}", err);
+  std::string exe;
+  for (const auto& dir : {executable_dir(), executable_dir() + "/../lib"})
+    if (file_exists(dir + "/gmsa_spm_train")) exe = dir + "/gmsa_spm_train";
+  if (exe.empty()) fail("sentencepiece training: gmsa_spm_train not found beside {}", executable_dir());
+  std::string log = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/gmsa_spm_train." +
+                    std::to_string(::getpid()) + ".log";
+  pid_t pid = 0;
+  std::vector<char*> argv{const_cast<char*>(exe.c_str()), const_cast<char*>(flags.c_str()), nullptr};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) fail("sentencepiece training: cannot start {}: {}", exe, std::strerror(rc));
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  std::string out = file_exists(log) ? read_file(log) : "";
+  std::remove(log.c_str());
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    auto last = out.find_last_not_of("\n");
+    auto start = out.rfind('\n', last == std::string::npos ? 0 : last);
+    fail("sentencepiece training failed: {}", out.substr(start == std::string::npos ? 0 : start + 1));
+  }
 }
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {

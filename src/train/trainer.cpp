@@ -561,20 +561,26 @@ std::vector<StageSummary> train(const std::vector<RunConfig>& stages, const Trai
   GMSA_CHECK(!stages.empty(), "no stage to train");
   std::vector<StageSummary> out;
   const std::string run_dir = opts.resume_dir.empty() ? effective_run_dir(stages.front()) : opts.resume_dir;
+  // What earlier stages produced: the latest decoder (lm) and compressor (ae, keft, ft).
+  std::string chained_model, chained_compressor, chained_tokenizer;
   for (size_t i = 0; i < stages.size(); ++i) {
     RunConfig cfg = stages[i];
-    if (i > 0) {
-      // Each stage starts from the previous stage's result.
-      const auto& prev = out.back();
-      if (prev.name == "lm") cfg.model.path = prev.output;
-      else cfg.compressor.path = prev.output;
-      if (prev.name == "lm" && cfg.model.tokenizer == stages[i - 1].model.tokenizer) cfg.model.tokenizer.clear();
+    if (!chained_model.empty()) {
+      cfg.model.path = chained_model;
+      cfg.model.tokenizer = chained_tokenizer;
     }
+    if (!chained_compressor.empty()) cfg.compressor.path = chained_compressor;
     const std::string dir = stages.size() == 1 ? run_dir
                                                : join_path(run_dir, fmt::format("stage{}-{}", i, cfg.stage.type));
     StageRunner runner(cfg, dir, opts);
     out.push_back(runner.run());
     if (!out.back().completed) break;
+    if (out.back().name == "lm") {
+      chained_model = out.back().output;
+      chained_tokenizer.clear();  // the exported model directory holds its tokenizer
+    } else {
+      chained_compressor = out.back().output;
+    }
   }
   return out;
 }

@@ -23,8 +23,6 @@ class SpmBackend {
   virtual int bos_id() const = 0;
   virtual int eos_id() const = 0;
   virtual int pad_id() const = 0;
-  // sentencepiece's SentencePieceTrainer::Train with a flag string; "" or an error.
-  virtual std::string train(const std::string& flags) const = 0;
 };
 
 // Loads the module once (from $GMSA_SPM_MODULE, else beside the running executable, else
@@ -32,7 +30,9 @@ class SpmBackend {
 std::unique_ptr<SpmBackend> make_spm_backend();
 
 // Trains a sentencepiece model through the trainer API (flags as spm_train's, e.g.
-// "--input=a.txt --model_prefix=m --vocab_size=1000 --model_type=bpe").
+// "--input=a.txt --model_prefix=m --vocab_size=1000 --model_type=bpe"; values without spaces,
+// as sentencepiece splits the string on whitespace). Runs in the helper program
+// gmsa_spm_train beside the module, because the trainer writes to std::cerr.
 void train_sentencepiece(const std::string& flags);
 
 }  // namespace gmsa

@@ -1,0 +1,144 @@
+// The trainer end to end on tiny models: gradient accumulation equals one big batch, an
+// interrupted run resumes bit-identically, chained stages hand over their results.
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "gmsa/config/config.h"
+#include "gmsa/io/safetensors.h"
+#include "gmsa/model/pretrained.h"
+#include "gmsa/text/spm_backend.h"
+#include "gmsa/train/trainer.h"
+#include "gmsa/util/error.h"
+#include "test_util.h"
+
+using namespace gmsa;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kWords[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park",
+                        "with", "red", "ball", "under", "tree", "sun", "was", "warm", "bird"};
+
+// A small corpus, a sentencepiece model trained on it, and a random decoder saved in HF form.
+struct Fixture {
+  gmsa::testing::TempDir dir;
+  std::string corpus, qa, model_dir, config;
+  Fixture() {
+    corpus = dir / "corpus.txt";
+    qa = dir / "qa.jsonl";
+    std::mt19937 rng(7);
+    std::ofstream c(corpus), q(qa);
+    for (int p = 0; p < 40; ++p) {
+      std::string para;
+      for (int w = 0; w < 18 + p % 7; ++w) para += std::string(w ? " " : "") + kWords[rng() % 20];
+      c << para << ".\n\n";
+      q << nlohmann::json({{"input", para}, {"prompt", "What is it?"}, {"answer", kWords[p % 20]}}).dump() << "\n";
+    }
+    c.close();
+    q.close();
+    train_sentencepiece("--input=" + corpus + " --model_prefix=" + (dir / "tok") +
+                        " --vocab_size=60 --model_type=bpe --character_coverage=1.0 --bos_id=1 --eos_id=2 "
+                        "--unk_id=0 --hard_vocab_limit=false --minloglevel=2");
+    auto cfg = gmsa::testing::tiny_config("llama");
+    cfg.vocab_size = 64;
+    Decoder d(cfg);
+    gmsa::testing::randomize(*d, 3);
+    model_dir = dir / "model";
+    save_pretrained(model_dir, d, dir / "tok.model");
+    config = dir / "run.yaml";
+    std::ofstream y(config);
+    y << "run: {name: t, device: cpu, seed: 5, threads: 1}\n"
+         "model: {path: " << model_dir << "}\n"
+         "compressor: {encoder_layers: 2, lora: {r: 4, dropout: 0.0}}\n"
+         "data: {train: " << corpus << ", max_context_tokens: 24, rates: [2, 4], shuffle: true, bucket: false}\n"
+         "stage: {type: ae, steps: 4, batch_size: 4}\n"
+         "optim: {lr: 0.01}\n"
+         "train: {log_every: 1, progress: lines}\n";
+  }
+  std::vector<RunConfig> load(std::vector<std::string> sets) {
+    sets.push_back("run.dir=" + (dir / ("run" + std::to_string(runs++))));
+    return load_config_stages(config, sets).stages;
+  }
+  int runs = 0;
+};
+
+std::map<std::string, torch::Tensor> trained_weights(const std::string& run_dir) {
+  // The last checkpoint holds every trained tensor.
+  std::string latest;
+  for (auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints")) latest = std::max(latest, e.path().string());
+  SafetensorsFile f(latest + "/trainable.safetensors");
+  std::map<std::string, torch::Tensor> out;
+  for (auto& k : f.keys()) out[k] = f.tensor(k);
+  return out;
+}
+
+}  // namespace
+
+TEST(Trainer, AccumulatingTwoBatchesOfTwoEqualsOneBatchOfFour) {
+  Fixture fx;
+  auto big = fx.load({"stage.batch_size=4", "stage.grad_accum=1", "stage.steps=2", "data.shuffle=false"});
+  auto small = fx.load({"stage.batch_size=2", "stage.grad_accum=2", "stage.steps=2", "data.shuffle=false"});
+  auto a = train(big);
+  auto b = train(small);
+  ASSERT_EQ(a[0].losses.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(a[0].losses[i], b[0].losses[i], 1e-5);
+  auto wa = trained_weights(a[0].dir), wb = trained_weights(b[0].dir);
+  ASSERT_EQ(wa.size(), wb.size());
+  for (auto& [k, t] : wa) EXPECT_TRUE(torch::allclose(t, wb[k], 1e-5, 1e-6)) << k;
+}
+
+TEST(Trainer, ResumedRunIsBitIdenticalToUninterruptedRun) {
+  Fixture fx;
+  // LoRA dropout on: the RNG state must be restored too.
+  std::vector<std::string> common = {"stage.steps=6", "compressor.lora.dropout=0.1", "train.save_every=2"};
+  auto straight = train(fx.load(common));
+  auto cfg = fx.load(common);
+  TrainOptions stop;
+  stop.stop_after_step = 3;
+  auto first = train(cfg, stop);
+  ASSERT_FALSE(first[0].completed);
+  auto resumed = train(cfg);  // train.resume=auto picks up the step-3 checkpoint
+  ASSERT_TRUE(resumed[0].completed);
+  ASSERT_EQ(resumed[0].losses.size(), straight[0].losses.size());
+  for (size_t i = 0; i < straight[0].losses.size(); ++i)
+    EXPECT_EQ(resumed[0].losses[i], straight[0].losses[i]) << "step " << i + 1;
+  auto wa = trained_weights(straight[0].dir), wb = trained_weights(resumed[0].dir);
+  for (auto& [k, t] : wa) EXPECT_TRUE(torch::equal(t, wb[k])) << k;
+}
+
+// lm (a decoder from scratch) -> ae -> keft, each stage starting from the previous result.
+TEST(Trainer, ChainLmThenAutoencoderThenKeft) {
+  Fixture fx;
+  std::ofstream(fx.dir / "chain.yaml") << "base: run.yaml\n"
+                                           "model: {path: '', tokenizer: " << (fx.dir / "tok.model") << ",\n"
+                                           "        init: {hidden_size: 32, intermediate_size: 64, num_layers: 3, num_heads: 4, num_kv_heads: 2}}\n"
+                                           "chain:\n"
+                                           "  - {stage: {type: lm, steps: 80}, optim: {lr: 1.0e-2}}\n"
+                                           "  - {stage: {type: ae, steps: 60}, optim: {lr: 1.0e-2}}\n"
+                                           "  - {stage: {type: keft, steps: 3}, data: {train: " << fx.qa << "}, optim: {lr: 1.0e-3}}\n";
+  auto stages = load_config_stages(fx.dir / "chain.yaml", {"run.dir=" + (fx.dir / "chain")}).stages;
+  auto out = train(stages);
+  ASSERT_EQ(out.size(), 3u);
+  ASSERT_TRUE(out[2].completed);
+  EXPECT_LT(out[0].losses.back(), 0.7 * out[0].losses.front()) << "lm loss did not fall";
+  const auto& l = out[1].losses;
+  const size_t n = l.size();
+  double first = (l[0] + l[1] + l[2]) / 3, last = (l[n - 1] + l[n - 2] + l[n - 3]) / 3;
+  EXPECT_LT(last, 0.9 * first) << "autoencoder loss did not fall: " << first << " -> " << last;
+  EXPECT_TRUE(fs::exists(fs::path(out[0].output) / "config.json"));
+  EXPECT_TRUE(fs::exists(fs::path(out[2].output) / "compressor.safetensors"));
+  SafetensorsFile delta(out[2].output + "/decoder_delta.safetensors");
+  EXPECT_EQ(delta.keys().size(), 9u);  // q, k, v of 3 layers
+}
+
+TEST(Trainer, ConfigErrorsAreClear) {
+  Fixture fx;
+  EXPECT_THROW(train(fx.load({"data.train=" + (fx.dir / "missing.txt")})), gmsa::Error);
+  try {
+    train(fx.load({"model.path=" + (fx.dir / "nope")}));
+    FAIL();
+  } catch (const gmsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+  }
+}
