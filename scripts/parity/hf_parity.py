@@ -59,7 +59,7 @@ def family_configs():
         "llama": LlamaConfig(**common, num_key_value_heads=4, tie_word_embeddings=False,
                              **rope_kwargs(LlamaConfig, 10000.0)),
         # LLaMA-3.2 shape: GQA, tied embeddings, llama3 rope scaling (head_dim 16, theta 5e5:
-        # wavelengths 6 .. 1e6 cover the kept, smoothed and scaled bands of original 64).
+        # wavelengths 6, 32, 167, .. 6e5 cover the kept, smoothed and scaled bands of original 64).
         "llama3": LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True,
                               **rope_kwargs(LlamaConfig, 500000.0, llama3_scaling)),
         # Mistral with a sliding window shorter than the longest row.
