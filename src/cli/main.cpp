@@ -1,3 +1,4 @@
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -45,6 +46,8 @@ static void ensure_omp_threads(char** argv) {
 
 int main(int argc, char** argv) {
   ensure_omp_threads(argv);
+  // Logs and errors go to stderr: stdout carries results (generated text, tables, JSON).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("gmsa"));
   CLI::App app{"gmsa: GMSA context compression (arXiv 2505.12215) in C++"};
   app.set_version_flag("--version", "gmsa 0.1.0, LibTorch " + gmsa::compat::torch_version_string());
   app.require_subcommand(1);

@@ -193,8 +193,10 @@ void load_parameters(torch::nn::Module& module,
     fail("{}: {} parameter(s) missing, first: {}", where, missing.size(), missing.front());
   if (strict) {
     for (const auto& [name, t] : tensors) {
-      // Old checkpoints store the RoPE table; it is derived from the config here.
+      // Old checkpoints store the RoPE table (derived from the config here); some tied
+      // checkpoints also ship lm_head.weight, a copy of the embeddings.
       if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+      if (name == "lm_head.weight" && module.named_parameters().find("lm_head.weight") == nullptr) continue;
       fail("{}: unexpected tensor {} (not a parameter of this model)", where, name);
     }
   }
