@@ -9,7 +9,7 @@
 namespace gmsa {
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim) {
-  weight = register_parameter("weight", torch::randn({vocab, dim}) * 0.02);
+  weight = register_parameter("weight", torch::randn({vocab, dim}, InitOptionsGuard::current()) * 0.02);
 }
 
 torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) {

@@ -12,6 +12,14 @@ static torch::Tensor cast_like(const torch::Tensor& t, const torch::Tensor& like
   return t.scalar_type() == like.scalar_type() ? t : t.to(like.scalar_type());
 }
 
+static thread_local torch::TensorOptions g_init_options = torch::TensorOptions().dtype(torch::kFloat);
+
+InitOptionsGuard::InitOptionsGuard(torch::TensorOptions options) : saved_(g_init_options) {
+  g_init_options = options;
+}
+InitOptionsGuard::~InitOptionsGuard() { g_init_options = saved_; }
+torch::TensorOptions InitOptionsGuard::current() { return g_init_options; }
+
 torch::Tensor ModuleBase::set_parameter(const std::string& name, torch::Tensor tensor, bool requires_grad) {
   if (!parameters_.contains(name)) return register_parameter(name, tensor, requires_grad);
   tensor.set_requires_grad(requires_grad);
@@ -22,12 +30,12 @@ torch::Tensor ModuleBase::set_parameter(const std::string& name, torch::Tensor t
 // ---------------------------------------------------------------- Linear (+ LoRA)
 
 LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias) : in_features(in), out_features(out) {
-  weight = register_parameter("weight", torch::empty({out, in}));
+  weight = register_parameter("weight", torch::empty({out, in}, InitOptionsGuard::current()));
   // Kaiming-uniform like nn.Linear; checkpoints overwrite it.
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
   if (has_bias) {
     double bound = 1.0 / std::sqrt(static_cast<double>(in));
-    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+    bias = register_parameter("bias", torch::empty({out}, InitOptionsGuard::current()).uniform_(-bound, bound));
   }
 }
 
@@ -66,7 +74,7 @@ void LinearImpl::untie_base() {
 // ---------------------------------------------------------------- RMSNorm
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
-  weight = register_parameter("weight", torch::ones({dim}));
+  weight = register_parameter("weight", torch::ones({dim}, InitOptionsGuard::current()));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {

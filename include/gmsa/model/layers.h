@@ -7,6 +7,19 @@
 
 namespace gmsa {
 
+// Where and in which dtype new modules create their parameters (default: CPU fp32). A 7B
+// model built for a GPU benchmark is created on the GPU in bf16 directly, instead of 27 GB of
+// fp32 on the host first. Scoped: the previous options come back when the guard dies.
+class InitOptionsGuard {
+ public:
+  explicit InitOptionsGuard(torch::TensorOptions options);
+  ~InitOptionsGuard();
+  static torch::TensorOptions current();
+
+ private:
+  torch::TensorOptions saved_;
+};
+
 // torch::nn::Module whose parameters can be re-pointed at other tensors: how the encoder
 // shares the decoder's weights, and later takes private copies of them.
 class ModuleBase : public torch::nn::Module {
