@@ -87,8 +87,11 @@ torch::ScalarType resolve_dtype(const std::string& name, torch::Device device) {
 
 // Random weights (std 0.02, norms left at 1) of the architecture's shape, on the device.
 Decoder random_decoder(const ModelConfig& cfg, torch::Device device, torch::ScalarType dtype, uint64_t seed) {
-  Decoder dec(cfg);
-  dec->to(device, dtype);
+  Decoder dec{nullptr};
+  {
+    InitOptionsGuard on_device(torch::TensorOptions().device(device).dtype(dtype));  // no host copy
+    dec = Decoder(cfg);
+  }
   dec->set_compute_dtype(dtype);
   torch::manual_seed(seed);
   torch::NoGradGuard g;
@@ -234,8 +237,11 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
 
   CompressorConfig random_cfg;  // the paper's defaults, capped for models under 8 layers
   random_cfg.encoder_layers = std::min(random_cfg.encoder_layers, mc.num_hidden_layers);
-  Compressor compressor = opts.compressor.empty() ? Compressor(decoder, random_cfg)
-                                                  : load_compressor(opts.compressor, decoder);
+  Compressor compressor{nullptr};
+  {
+    InitOptionsGuard on_device(torch::TensorOptions().device(device).dtype(dtype));
+    compressor = opts.compressor.empty() ? Compressor(decoder, random_cfg) : load_compressor(opts.compressor, decoder);
+  }
   compressor->eval();
   for (auto& p : compressor->parameters()) p.set_requires_grad(false);
 
