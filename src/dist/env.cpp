@@ -2,7 +2,6 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <limits>
 
 #include "gmsa/util/error.h"
 

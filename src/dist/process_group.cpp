@@ -351,10 +351,16 @@ void ProcessGroup::all_reduce_sum(const std::vector<torch::Tensor>& tensors, con
 }
 
 int64_t ProcessGroup::all_reduce_sum_int(int64_t value, const std::string& what) {
-  if (!distributed()) return value;
-  auto t = torch::full({1}, value, torch::TensorOptions().dtype(torch::kLong).device(impl_->device));
+  return all_reduce_sum_ints({value}, what).front();
+}
+
+std::vector<int64_t> ProcessGroup::all_reduce_sum_ints(const std::vector<int64_t>& values,
+                                                       const std::string& what) {
+  if (!distributed() || values.empty()) return values;
+  auto t = torch::tensor(values, torch::kLong).to(impl_->device);
   all_reduce_sum({t}, what);
-  return t.item<int64_t>();
+  t = t.cpu();
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
 }
 
 double ProcessGroup::all_reduce_sum_double(double value, const std::string& what) {

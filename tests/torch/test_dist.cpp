@@ -48,6 +48,7 @@ using std::chrono::milliseconds;
 const char* kWorkerVar = "GMSA_DIST_WORKER";
 const char* kOutVar = "GMSA_DIST_OUT";
 const char* kZeroVar = "GMSA_DIST_ZERO";
+const char* kDeviceVar = "GMSA_DIST_DEVICE";  // "cuda": rank r trains on cuda:r over NCCL
 constexpr int64_t kFaultTimeoutMs = 3000;
 
 double seconds_since(Clock::time_point t0) {
@@ -63,11 +64,12 @@ struct Tiny {
   Decoder model{nullptr};
   torch::Tensor gate, unused;
   NamedTensors named;
-  Tiny() {
+  explicit Tiny(torch::Device device = torch::kCPU) {
     model = Decoder(gmsa::testing::tiny_config());
     gmsa::testing::randomize(*model, 0);
-    gate = torch::full({3}, 0.5).set_requires_grad(true);
-    unused = torch::ones({2}).set_requires_grad(true);
+    model->to(device);
+    gate = torch::full({3}, 0.5, torch::TensorOptions().device(device)).set_requires_grad(true);
+    unused = torch::ones({2}, torch::TensorOptions().device(device)).set_requires_grad(true);
     // First, so they land in the last gradient bucket: a bucket waits for all its gradients,
     // and `unused` never gets one, so it would hold back every bucket after its own.
     named = {{"gate", gate}, {"unused", unused}};
@@ -86,13 +88,13 @@ struct Batch {
   torch::Tensor ids, mask;
 };
 
-Batch make_batch(int64_t seed) {
+Batch make_batch(int64_t seed, torch::Device device = torch::kCPU) {
   torch::manual_seed(seed);
   Batch b;
-  b.ids = torch::randint(3, 97, {4, 12}, torch::kLong);
+  b.ids = torch::randint(3, 97, {4, 12}, torch::kLong).to(device);
   auto pos = torch::arange(12).unsqueeze(0);
   auto first = (2 + 2 * torch::arange(4)).unsqueeze(1);
-  b.mask = (pos >= first).to(torch::kFloat);
+  b.mask = (pos >= first).to(device, torch::kFloat);
   return b;
 }
 
@@ -112,6 +114,13 @@ torch::Tensor nll_sum(Tiny& m, const Batch& b, int64_t begin, int64_t end) {
   return loss;
 }
 
+NamedTensors read_all(const std::string& path) {
+  SafetensorsFile f(path);
+  NamedTensors out;
+  for (const auto& k : f.keys()) out.emplace_back(k, f.tensor(k));
+  return out;
+}
+
 constexpr int64_t kTrainSteps = 4;
 const AdamWOptions kAdamW{0.9, 0.999, 1e-8, 0.1};
 constexpr double kLr = 1e-2, kClip = 1.0;
@@ -121,8 +130,15 @@ constexpr double kLr = 1e-2, kClip = 1.0;
 
 std::string out_path(const std::string& name) { return std::string(std::getenv(kOutVar)) + "/" + name; }
 
+torch::Device worker_device() {
+  const char* d = std::getenv(kDeviceVar);
+  if (d && std::string(d) == "cuda")
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(detect_dist_env().local_rank));
+  return torch::kCPU;
+}
+
 std::unique_ptr<ProcessGroup> connect(milliseconds timeout = milliseconds(20000)) {
-  return ProcessGroup::create(detect_dist_env(), torch::kCPU, timeout);
+  return ProcessGroup::create(detect_dist_env(), worker_device(), timeout);
 }
 
 void worker_collectives() {
@@ -138,6 +154,7 @@ void worker_collectives() {
   EXPECT_TRUE(torch::equal(b, torch::full({2, 2}, rank_sum - w, torch::kDouble))) << b;
 
   EXPECT_EQ(pg->all_reduce_sum_int(r + 1), w * (w + 1) / 2);
+  EXPECT_EQ(pg->all_reduce_sum_ints({r, 1, r == 0 ? 1 : 0}), (std::vector<int64_t>{w * (w - 1) / 2, w, 1}));
   EXPECT_DOUBLE_EQ(pg->all_reduce_sum_double(0.5 * static_cast<double>(r + 1)), 0.5 * rank_sum);
 
   for (int64_t root = 0; root < w; ++root) {
@@ -182,36 +199,28 @@ void worker_gradsync() {
   save_safetensors(out_path("grads" + std::to_string(pg->rank()) + ".safetensors"), grads);
 }
 
-NamedTensors read_all(const std::string& path) {
-  SafetensorsFile f(path);
-  NamedTensors out;
-  for (const auto& k : f.keys()) out.emplace_back(k, f.tensor(k));
-  return out;
-}
-
-// kTrainSteps data-parallel steps (GradSync, clipping, ZeroAdamW sharded or not), with the
-// optimizer saved (gathered to rank 0), re-created and re-loaded half way: a stop and resume.
-void worker_train() {
-  auto pg = connect();
-  const bool zero = std::string(std::getenv(kZeroVar)) == "1";
-  const int64_t lo = 2 * pg->rank(), hi = lo + 2;
-  Tiny m;
-  GradSync sync(*pg, m.tensors(), /*bucket_bytes=*/4096);
-  auto opt = std::make_unique<ZeroAdamW>(*pg, m.named, kAdamW, zero);
-  EXPECT_EQ(opt->sharded(), zero);
+// kTrainSteps data-parallel steps (GradSync, clipping, ZeroAdamW sharded or not) on this rank's
+// half of each batch, with the optimizer saved (gathered to rank 0), re-created and re-loaded
+// half way: a stop and resume. Writes params<rank>.safetensors, state_mid/state_end (rank 0).
+void train_data_parallel(ProcessGroup& pg, bool zero, const std::string& out) {
+  const torch::Device device = pg.device();
+  const int64_t rows = 4 / pg.world_size(), lo = rows * pg.rank(), hi = lo + rows;
+  Tiny m(device);
+  GradSync sync(pg, m.tensors(), /*bucket_bytes=*/4096);
+  auto opt = std::make_unique<ZeroAdamW>(pg, m.named, kAdamW, zero);
   for (int64_t step = 0; step < kTrainSteps; ++step) {
     if (step == kTrainSteps / 2) {
       auto state = opt->state_tensors();
-      if (pg->is_main()) save_safetensors(out_path("state_mid.safetensors"), state);
-      else if (zero) EXPECT_TRUE(state.empty());
-      pg->barrier();
+      if (pg.is_main()) save_safetensors(out + "/state_mid.safetensors", state);
+      else if (opt->sharded()) EXPECT_TRUE(state.empty());
+      pg.barrier();
       const int64_t done = opt->step_count();
-      opt = std::make_unique<ZeroAdamW>(*pg, m.named, kAdamW, zero);
-      opt->load_state(read_all(out_path("state_mid.safetensors")), done);
+      opt = std::make_unique<ZeroAdamW>(pg, m.named, kAdamW, zero);
+      opt->load_state(read_all(out + "/state_mid.safetensors"), done);  // stays on the CPU
     }
     opt->zero_grad();
-    const Batch b = make_batch(100 + step);
-    const double total = static_cast<double>(pg->all_reduce_sum_int(target_tokens(b, lo, hi)));
+    const Batch b = make_batch(100 + step, device);
+    const double total = static_cast<double>(pg.all_reduce_sum_int(target_tokens(b, lo, hi)));
     sync.start();
     (nll_sum(m, b, lo, hi) / total).backward();
     sync.finish(1.0);
@@ -220,9 +229,15 @@ void worker_train() {
   }
   NamedTensors params;
   for (const auto& [n, t] : m.named) params.emplace_back(n, t.detach());
-  save_safetensors(out_path("params" + std::to_string(pg->rank()) + ".safetensors"), params);
+  save_safetensors(out + "/params" + std::to_string(pg.rank()) + ".safetensors", params);
   auto state = opt->state_tensors();
-  if (pg->is_main()) save_safetensors(out_path("state_end.safetensors"), state);
+  if (pg.is_main()) save_safetensors(out + "/state_end.safetensors", state);
+}
+
+void worker_train() {
+  auto pg = connect();
+  EXPECT_EQ(pg->backend(), pg->device().is_cuda() ? "nccl" : "gloo");
+  train_data_parallel(*pg, std::string(std::getenv(kZeroVar)) == "1", std::getenv(kOutVar));
 }
 
 // Rank 1 leaves (exits, hangs, or exits after reporting why); rank 0's next collective must fail
@@ -231,7 +246,7 @@ void worker_fault(const std::string& mode) {
   auto pg = connect(milliseconds(kFaultTimeoutMs));
   pg->barrier();  // both connected
   if (pg->rank() == 1) {
-    if (mode == "hang") std::this_thread::sleep_for(std::chrono::milliseconds(3 * kFaultTimeoutMs));
+    if (mode == "hang") std::this_thread::sleep_for(std::chrono::milliseconds(2 * kFaultTimeoutMs));
     if (mode == "report") pg->report_failure("data file train.jsonl is missing");
     std::_Exit(mode == "hang" ? 0 : 3);
   }
@@ -527,15 +542,15 @@ struct Reference {
   NamedTensors params, state_mid, state_end;
 };
 
-Reference reference_training() {
-  Tiny m;
+Reference reference_training(torch::Device device = torch::kCPU) {
+  Tiny m(device);
   AdamW opt(m.named, kAdamW);
   Reference ref;
   for (int64_t step = 0; step < kTrainSteps; ++step) {
     if (step == kTrainSteps / 2)
       for (const auto& [n, t] : opt.state_tensors()) ref.state_mid.emplace_back(n, t.clone());
     opt.zero_grad();
-    const Batch b = make_batch(100 + step);
+    const Batch b = make_batch(100 + step, device);
     (nll_sum(m, b, 0, 4) / static_cast<double>(target_tokens(b, 0, 4))).backward();
     clip_grad_norm(m.tensors(), kClip);
     opt.step(kLr);
@@ -545,32 +560,60 @@ Reference reference_training() {
   return ref;
 }
 
-void check_training(bool zero) {
-  TempDir dir;
-  auto o = run_workers("train", 2, dir.path.string(), {{kZeroVar, zero ? "1" : "0"}});
-  ASSERT_EQ(o.codes, (std::vector<int>{0, 0})) << o.logs;
-  const Reference ref = reference_training();
+void check_training(const std::string& dir, int world, const Reference& ref, double state_tol) {
   // Gradients agree to ~1e-8 (GradSync test) and so do the moments (below), but Adam's update
   // lr * m / (sqrt(v) + eps) turns a 1e-9 rounding difference in a gradient entry of size ~eps
   // (rare embedding rows) into a ~1e-6 difference in the weight; typical entries differ by 1e-7.
   // Adam is nearly blind to the gradients' scale: the moments' tight check catches scale errors.
-  for (int r = 0; r < 2; ++r)
-    expect_close(read_all(dir / ("params" + std::to_string(r) + ".safetensors")), ref.params, 2e-5,
+  for (int r = 0; r < world; ++r)
+    expect_close(read_all(dir + "/params" + std::to_string(r) + ".safetensors"), ref.params, 2e-5,
                  "parameters of rank " + std::to_string(r));
   // The checkpointed state has AdamW's names, order and values: checkpoints are interchangeable.
-  expect_close(read_all(dir / "state_mid.safetensors"), ref.state_mid, 1e-7, "state after 2 steps");
-  expect_close(read_all(dir / "state_end.safetensors"), ref.state_end, 1e-7, "final state");
+  expect_close(read_all(dir + "/state_mid.safetensors"), ref.state_mid, state_tol, "state after 2 steps");
+  expect_close(read_all(dir + "/state_end.safetensors"), ref.state_end, state_tol, "final state");
+}
+
+void check_gloo_training(bool zero) {
+  TempDir dir;
+  auto o = run_workers("train", 2, dir.path.string(), {{kZeroVar, zero ? "1" : "0"}});
+  ASSERT_EQ(o.codes, (std::vector<int>{0, 0})) << o.logs;
+  check_training(dir.path.string(), 2, reference_training(), 1e-7);
 }
 }  // namespace
 
 TEST(DistGloo, DataParallelAdamWWithResumeEqualsOneProcess) {
   if (!ProcessGroup::has_backend("gloo")) GTEST_SKIP() << "this LibTorch has no Gloo";
-  check_training(/*zero=*/false);
+  check_gloo_training(/*zero=*/false);
 }
 
 TEST(DistGloo, ZeroOneWithResumeEqualsOneProcess) {
   if (!ProcessGroup::has_backend("gloo")) GTEST_SKIP() << "this LibTorch has no Gloo";
-  check_training(/*zero=*/true);
+  check_gloo_training(/*zero=*/true);
+}
+
+// ---- NCCL (skipped without CUDA GPUs and a LibTorch with NCCL) ----
+// CUDA kernels (embedding backward, reductions) are not bitwise deterministic: looser moments.
+
+TEST(DistNccl, WorldOfOneMatchesTheSingleProcessRun) {
+  if (!ProcessGroup::has_backend("nccl") || !torch::cuda::is_available())
+    GTEST_SKIP() << "needs a CUDA GPU and a LibTorch with NCCL";
+  DistEnv env;
+  env.source = "torchrun";  // a real group of one, not single()
+  env.master_port = free_port();
+  auto pg = ProcessGroup::create(env, torch::Device(torch::kCUDA, 0), milliseconds(60000));
+  ASSERT_EQ(pg->backend(), "nccl");
+  TempDir dir;
+  train_data_parallel(*pg, /*zero=*/true, dir.path.string());
+  check_training(dir.path.string(), 1, reference_training(torch::Device(torch::kCUDA, 0)), 1e-6);
+}
+
+TEST(DistNccl, TwoGpusMatchOneWithZeroOne) {
+  if (!ProcessGroup::has_backend("nccl") || torch::cuda::device_count() < 2)
+    GTEST_SKIP() << "needs 2 CUDA GPUs and a LibTorch with NCCL";
+  TempDir dir;
+  auto o = run_workers("train", 2, dir.path.string(), {{kZeroVar, "1"}, {kDeviceVar, "cuda"}}, 120);
+  ASSERT_EQ(o.codes, (std::vector<int>{0, 0})) << o.logs;
+  check_training(dir.path.string(), 2, reference_training(torch::Device(torch::kCUDA, 0)), 1e-6);
 }
 
 namespace {

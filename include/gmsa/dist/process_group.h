@@ -71,8 +71,10 @@ class ProcessGroup {
   // In-place sum over ranks, one collective per tensor. `what` names the operation in errors.
   PendingOp all_reduce_sum_async(const std::vector<torch::Tensor>& tensors, const std::string& what);
   void all_reduce_sum(const std::vector<torch::Tensor>& tensors, const std::string& what = "all_reduce");
-  // Sums of one number over ranks (exact for integers).
+  // Sums of numbers over ranks (exact for integers), e.g. {target tokens, stop requested}.
   int64_t all_reduce_sum_int(int64_t value, const std::string& what = "all_reduce of a count");
+  std::vector<int64_t> all_reduce_sum_ints(const std::vector<int64_t>& values,
+                                           const std::string& what = "all_reduce of counts");
   double all_reduce_sum_double(double value, const std::string& what = "all_reduce of a value");
   // Every rank's tensors take root's values, in place.
   PendingOp broadcast_async(const std::vector<torch::Tensor>& tensors, int64_t root,
