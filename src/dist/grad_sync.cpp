@@ -39,6 +39,9 @@ GradSync::GradSync(ProcessGroup& pg, const std::vector<torch::Tensor>& params, i
                compat::shape_str(p.sizes()));
   }
   if (!pg_.distributed()) return;
+  for (size_t i = 0; i < params_.size(); ++i)
+    GMSA_CHECK(params_[i].device() == pg_.device(), "GradSync: parameter {} is on {}, the process group "
+               "works on {}", i, params_[i].device().str(), pg_.device().str());
   bucket_of_.resize(params_.size());
   index_in_bucket_.resize(params_.size());
   packed_.assign(params_.size(), false);

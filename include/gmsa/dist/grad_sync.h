@@ -18,9 +18,10 @@
 // defined on every rank iff some rank had one (so a parameter no rank used stays undefined, as
 // in a single-process run, and AdamW skips it everywhere).
 //
-// Parameters must be contiguous leaf tensors requiring grad, final (construct after any
-// set_data/dtype change: that replaces the autograd accumulator the hooks sit on). With a
-// single() group nothing is allocated and finish() only scales.
+// Parameters must be contiguous leaf tensors requiring grad on the group's device. Construct
+// after any set_data() that changes their dtype or device: that replaces the autograd
+// accumulator the hooks sit on (results stay correct, but nothing overlaps: finish() then
+// sends every bucket). With a single() group nothing is allocated and finish() only scales.
 #include <torch/torch.h>
 
 #include <cstdint>
