@@ -83,13 +83,16 @@ static std::vector<Option> declare() {
   GMSA_OPTION(schedule.min_lr_ratio, "Final learning rate as a fraction of optim.lr").ge(0).le(1);
 
   GMSA_OPTION(train.log_every, "Log every N steps").ge(1);
-  GMSA_OPTION(train.eval_every, "Evaluate every N steps (0: at the end only)").ge(0);
+  GMSA_OPTION(train.eval_every, "Evaluate held-out data every N steps (0: only at the end)").ge(0);
   GMSA_OPTION(train.save_every, "Checkpoint every N steps (0: at the end only)").ge(0);
   GMSA_OPTION(train.keep_last, "Checkpoints kept").ge(1);
   GMSA_OPTION(train.max_bad_steps, "Consecutive non-finite losses before aborting").ge(1);
   GMSA_OPTION(train.activation_checkpointing, "Recompute activations in the backward pass");
   GMSA_OPTION(train.resume, "Resume from the run directory's last checkpoint").one_of({"auto", "never"});
   GMSA_OPTION(train.progress, "Progress display").one_of({"auto", "bar", "lines"});
+  GMSA_OPTION(dist.timeout_s, "Seconds after which a dead or hung rank stops the others").ge(1);
+  GMSA_OPTION(dist.zero1, "Shard the optimizer state across ranks (ZeRO stage 1)");
+  GMSA_OPTION(dist.bucket_mb, "Gradient all-reduce bucket size in MiB").ge(1);
   return t;
 }
 

@@ -14,6 +14,9 @@
 #include "gmsa/config/config.h"
 #include "gmsa/data/corpus.h"
 #include "gmsa/data/sampler.h"
+#include "gmsa/dist/grad_sync.h"
+#include "gmsa/dist/process_group.h"
+#include "gmsa/dist/zero.h"
 #include "gmsa/io/safetensors.h"
 #include "gmsa/metrics/metrics.h"
 #include "gmsa/model/compat.h"
@@ -112,9 +115,9 @@ struct Setup {
   torch::Device device = torch::kCPU;
 };
 
-Setup build(const RunConfig& cfg, const Stage& stage) {
+Setup build(const RunConfig& cfg, const Stage& stage, torch::Device device) {
   Setup s;
-  s.device = parse_device(cfg.run.device);
+  s.device = device;
   const auto dtype = cfg.run.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
   Decoder decoder{nullptr};
   if (cfg.model.path.empty()) {
@@ -161,11 +164,15 @@ Setup build(const RunConfig& cfg, const Stage& stage) {
 
 // ------------------------------------------------------------------ logging
 
-std::shared_ptr<spdlog::logger> stage_logger(const std::string& dir) {
+// Rank 0 logs to the console and train.log; other ranks only report warnings and errors.
+std::shared_ptr<spdlog::logger> stage_logger(const std::string& dir, int64_t rank) {
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
-  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(join_path(dir, "train.log"), false);
-  auto logger = std::make_shared<spdlog::logger>("train", spdlog::sinks_init_list{console, file});
-  logger->set_pattern("[%Y-%m-%d %H:%M:%S] [%^%l%$] %v");
+  std::vector<spdlog::sink_ptr> sinks{console};
+  if (rank == 0) sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(join_path(dir, "train.log"), false));
+  auto logger = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
+  logger->set_pattern(rank == 0 ? "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v"
+                                : fmt::format("[%Y-%m-%d %H:%M:%S] [rank {}] [%^%l%$] %v", rank));
+  if (rank != 0) logger->set_level(spdlog::level::warn);
   return logger;
 }
 
@@ -193,8 +200,9 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
 
 class StageRunner {
  public:
-  StageRunner(const RunConfig& cfg, std::string dir, const TrainOptions& opts)
-      : cfg_(cfg), dir_(std::move(dir)), opts_(opts), stage_(make_stage(cfg)) {}
+  StageRunner(const RunConfig& cfg, std::string dir, const TrainOptions& opts, dist::ProcessGroup& pg,
+              torch::Device device)
+      : cfg_(cfg), dir_(std::move(dir)), opts_(opts), stage_(make_stage(cfg)), pg_(pg), device_(device) {}
 
   StageSummary run();
 
@@ -213,12 +221,15 @@ class StageRunner {
   std::string dir_;
   TrainOptions opts_;
   std::unique_ptr<Stage> stage_;
+  dist::ProcessGroup& pg_;
+  torch::Device device_;
   Setup setup_;
   std::vector<Sample> train_, eval_;
   std::unique_ptr<BatchSampler> sampler_;
   std::unique_ptr<RateSampler> rates_;
   NamedTensors trainable_;
-  std::unique_ptr<AdamW> optim_;
+  std::unique_ptr<dist::ZeroAdamW> optim_;  // plain AdamW in a single process
+  std::unique_ptr<dist::GradSync> sync_;
   std::unique_ptr<CheckpointManager> ckpt_;
   std::shared_ptr<spdlog::logger> log_;
   std::vector<double> losses_;
@@ -238,7 +249,9 @@ void StageRunner::load_data() {
     tokens += s.length();
   }
   SamplerOptions so;
-  so.batch_size = cfg_.stage.batch_size;
+  // Every rank draws the same global batch (B per rank) and keeps its own rows, so sampler
+  // and rate states stay identical and N ranks of B equal one process of N * B.
+  so.batch_size = cfg_.stage.batch_size * pg_.world_size();
   so.seed = static_cast<uint64_t>(cfg_.run.seed);
   so.shuffle = cfg_.data.shuffle;
   so.bucket = cfg_.data.bucket;
@@ -260,20 +273,26 @@ int64_t StageRunner::total_steps() const {
 std::vector<const Sample*> StageRunner::next_micro_batch(std::vector<int64_t>& rates) {
   std::vector<const Sample*> batch;
   rates.clear();
-  for (int64_t i : sampler_->next_batch()) {
-    batch.push_back(&train_[static_cast<size_t>(i)]);
-    rates.push_back(stage_->uses_compressor() ? rates_->next() : 1);
+  const auto global = sampler_->next_batch();
+  const int64_t B = cfg_.stage.batch_size, lo = pg_.rank() * B;
+  for (int64_t k = 0; k < static_cast<int64_t>(global.size()); ++k) {
+    const int64_t rate = stage_->uses_compressor() ? rates_->next() : 1;
+    if (k < lo || k >= lo + B) continue;
+    batch.push_back(&train_[static_cast<size_t>(global[static_cast<size_t>(k)])]);
+    rates.push_back(rate);
   }
   return batch;
 }
 
 void StageRunner::save_checkpoint(int64_t step) {
+  auto optimizer_state = optim_->state_tensors();  // a collective under ZeRO-1: every rank calls it
+  if (!pg_.is_main()) return;
   auto rng = capture_rng();
   auto path = ckpt_->save(step, [&](const std::string& tmp) {
     NamedTensors params;
     for (auto& [n, t] : trainable_) params.emplace_back(n, t.detach());
     save_safetensors(join_path(tmp, "trainable.safetensors"), params);
-    save_safetensors(join_path(tmp, "optimizer.safetensors"), optim_->state_tensors());
+    save_safetensors(join_path(tmp, "optimizer.safetensors"), optimizer_state);
     nlohmann::json st = {{"step", step},
                          {"optimizer_steps", optim_->step_count()},
                          {"sampler", sampler_->state().to_json()},
@@ -306,7 +325,7 @@ int64_t StageRunner::try_resume() {
   SafetensorsFile opt(join_path(d, "optimizer.safetensors"));
   auto st = load_json(join_path(d, "state.json"));
   NamedTensors state;
-  for (const auto& k : opt.keys()) state.emplace_back(k, opt.tensor(k).to(setup_.device));
+  for (const auto& k : opt.keys()) state.emplace_back(k, opt.tensor(k));
   optim_->load_state(state, st.at("optimizer_steps").get<int64_t>());
   sampler_->restore(SamplerState::from_json(st.at("sampler")));
   rates_->restore(st.at("rates").get<std::string>());
@@ -315,7 +334,7 @@ int64_t StageRunner::try_resume() {
   bad_in_row_ = st.at("bad_in_row").get<int64_t>();
   losses_ = st.at("losses").get<std::vector<double>>();
   const int64_t step = st.at("step").get<int64_t>();
-  truncate_metrics(join_path(dir_, "metrics.jsonl"), step);
+  if (pg_.is_main()) truncate_metrics(join_path(dir_, "metrics.jsonl"), step);
   log_->info("resumed from {} at step {}", d, step);
   return step;
 }
@@ -411,9 +430,10 @@ void StageRunner::export_result() {
 }
 
 StageSummary StageRunner::run() {
-  fs::create_directories(dir_);
-  log_ = stage_logger(dir_);
-  write_file_atomic(join_path(dir_, "config.yaml"), dump_config(cfg_));
+  if (pg_.is_main()) fs::create_directories(dir_);
+  pg_.barrier("run directory creation");
+  log_ = stage_logger(dir_, pg_.rank());
+  if (pg_.is_main()) write_file_atomic(join_path(dir_, "config.yaml"), dump_config(cfg_));
   StageSummary summary;
   summary.name = stage_->name();
   summary.dir = dir_;
@@ -423,10 +443,13 @@ StageSummary StageRunner::run() {
     summary.completed = true;
     return summary;
   }
-  const int64_t threads = cfg_.run.threads > 0 ? cfg_.run.threads : std::thread::hardware_concurrency();
+  // Local processes share the cores.
+  const int64_t local_world = std::max<int64_t>(1, std::getenv("LOCAL_WORLD_SIZE") ? std::atoll(std::getenv("LOCAL_WORLD_SIZE")) : pg_.world_size());
+  const int64_t threads = cfg_.run.threads > 0 ? cfg_.run.threads
+                                               : std::max<int64_t>(1, std::thread::hardware_concurrency() / local_world);
   at::set_num_threads(static_cast<int>(std::max<int64_t>(1, threads)));
   torch::manual_seed(cfg_.run.seed);
-  setup_ = build(cfg_, *stage_);
+  setup_ = build(cfg_, *stage_, device_);
   auto& model = *setup_.model;
   log_->info("stage {}: model {} ({} layers, hidden {}), device {}, dtype {}, {} threads", stage_->name(),
              cfg_.model.path.empty() ? "from model.init" : cfg_.model.path,
@@ -444,26 +467,39 @@ StageSummary StageRunner::run() {
   model.decoder->train();
   model.decoder->set_activation_checkpointing(cfg_.train.activation_checkpointing);
   if (!model.compressor.is_empty()) model.compressor->train();
-  optim_ = std::make_unique<AdamW>(trainable_, AdamWOptions{cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps,
-                                                            cfg_.optim.weight_decay});
+  std::vector<torch::Tensor> params;
+  for (auto& [n, t] : trainable_) params.push_back(t);
+  if (pg_.distributed()) {
+    std::vector<torch::Tensor> data;
+    for (auto& p : params) data.push_back(p.detach());
+    pg_.broadcast(data, 0, "initial parameter broadcast");
+    sync_ = std::make_unique<dist::GradSync>(pg_, params, cfg_.dist.bucket_mb << 20);
+    log_->info("data parallel: rank {} of {} ({}), ZeRO-1 {}", pg_.rank(), pg_.world_size(), pg_.backend(),
+               cfg_.dist.zero1 ? "on" : "off");
+  }
+  optim_ = std::make_unique<dist::ZeroAdamW>(
+      pg_, trainable_, AdamWOptions{cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps, cfg_.optim.weight_decay},
+      cfg_.dist.zero1);
   const int64_t total = total_steps();
   LrSchedule sched({cfg_.schedule.type, cfg_.optim.lr, cfg_.schedule.warmup_steps, cfg_.schedule.warmup_ratio,
                     total, cfg_.schedule.min_lr_ratio});
   ckpt_ = std::make_unique<CheckpointManager>(dir_, cfg_.train.keep_last);
   int64_t step = try_resume();
   const std::string metrics_path = join_path(dir_, "metrics.jsonl");
-  std::ofstream metrics(metrics_path, std::ios::app);
-  const bool bar = cfg_.train.progress == "bar" || (cfg_.train.progress == "auto" && ::isatty(STDERR_FILENO));
+  std::ofstream metrics;
+  if (pg_.is_main()) metrics.open(metrics_path, std::ios::app);
+  const bool bar = pg_.is_main() &&
+                   (cfg_.train.progress == "bar" || (cfg_.train.progress == "auto" && ::isatty(STDERR_FILENO)));
   const bool cuda = setup_.device.is_cuda();
   const double peak_flops = 989e12;  // H100 SXM dense bf16, the MFU denominator (docs/flops.md)
-  std::vector<torch::Tensor> params;
-  for (auto& [n, t] : trainable_) params.push_back(t);
   auto t_start = Clock::now();
   const int64_t first_step = step;
   log_->info("training {} steps from step {} (batch {} x accumulation {})", total, step, cfg_.stage.batch_size,
              cfg_.stage.grad_accum);
   while (step < total) {
-    if (g_stop_requested || step == opts_.stop_after_step) break;
+    // Every rank stops together (a signal may reach only some of them).
+    const bool stop = g_stop_requested || step == opts_.stop_after_step;
+    if (pg_.all_reduce_sum_int(stop ? 1 : 0, "stop flag") > 0) break;
     auto t0 = Clock::now();
     if (cuda) compat::reset_cuda_peak_memory(setup_.device);
     // All micro-batches are drawn first so the loss can be normalised by their target tokens.
@@ -475,13 +511,25 @@ StageSummary StageRunner::run() {
       target_tokens += count_target_tokens(micro[m]);
       for (auto* s : micro[m]) context_tokens += s->length();
     }
+    // The loss is normalised by the target tokens of the whole (global) batch, so the summed
+    // gradients of all ranks equal the gradient of one big batch.
+    if (pg_.distributed()) {
+      auto counts = pg_.all_reduce_sum_ints({target_tokens, context_tokens}, "token counts");
+      target_tokens = counts[0];
+      context_tokens = counts[1];
+    }
     optim_->zero_grad();
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(setup_.device));
     for (int64_t m = 0; m < cfg_.stage.grad_accum; ++m) {
       auto batch = collate(micro[m], micro_rates[m], cuda).to(setup_.device);
       auto sums = model.loss(batch);
+      if (sync_ && m + 1 == cfg_.stage.grad_accum) sync_->start();  // all-reduce during the last backward
       (sums.nll_sum / static_cast<double>(target_tokens)).backward();
       loss_sum += sums.nll_sum.detach();
+    }
+    if (sync_) {
+      sync_->finish(1.0);
+      pg_.all_reduce_sum({loss_sum}, "loss");
     }
     auto gnorm = clip_grad_norm(params, cfg_.optim.clip);
     // One host read per step: the loss and the gradient norm decide whether to update.
@@ -522,8 +570,9 @@ StageSummary StageRunner::run() {
         line["peak_memory_gb"] = compat::cuda_peak_memory(setup_.device) / 1e9;
         line["mfu"] = step_flops(micro, micro_rates) / (ms / 1000.0) / peak_flops;
       }
-      if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 && !eval_.empty()) line.update(evaluate());
-      metrics << line.dump() << "\n" << std::flush;
+      const bool eval_now = !eval_.empty() && ((cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0) || step == total);
+      if (eval_now) line.update(evaluate());
+      if (pg_.is_main()) metrics << line.dump() << "\n" << std::flush;
       const std::string msg = fmt::format("[{}] step {}/{} loss {:.4f} lr {:.2e} grad {:.3f} {:.0f} ms {:.0f} tok/s ETA {}",
                                           stage_->name(), step, total, loss, lr, norm, ms,
                                           context_tokens / (ms / 1000.0), fmt_duration(eta));
@@ -548,7 +597,8 @@ StageSummary StageRunner::run() {
     return summary;
   }
   save_checkpoint(step);
-  export_result();
+  if (pg_.is_main()) export_result();
+  pg_.barrier("export of the stage result");  // the next stage reads final/
   summary.completed = true;
   log_->info("stage {} done: {} steps, final loss {:.4f}; result in {}", stage_->name(), step,
              losses_.empty() ? 0.0 : losses_.back(), summary.output);
@@ -557,8 +607,26 @@ StageSummary StageRunner::run() {
 
 }  // namespace
 
+std::vector<StageSummary> train_stages(const std::vector<RunConfig>& stages, const TrainOptions& opts,
+                                       dist::ProcessGroup& pg, torch::Device device);
+
 std::vector<StageSummary> train(const std::vector<RunConfig>& stages, const TrainOptions& opts) {
   GMSA_CHECK(!stages.empty(), "no stage to train");
+  // One process per device: torchrun / SLURM / scripts/launch.sh set the environment.
+  const auto env = dist::detect_dist_env();
+  torch::Device device = parse_device(stages.front().run.device);
+  if (device.is_cuda() && env.world_size > 1) device = torch::Device(torch::kCUDA, static_cast<int8_t>(env.local_rank));
+  auto pg = dist::ProcessGroup::from_env(env, device, std::chrono::seconds(stages.front().dist.timeout_s));
+  try {
+    return train_stages(stages, opts, *pg, device);
+  } catch (const std::exception& e) {
+    pg->report_failure(e.what());  // the other ranks stop with this reason instead of hanging
+    throw;
+  }
+}
+
+std::vector<StageSummary> train_stages(const std::vector<RunConfig>& stages, const TrainOptions& opts,
+                                       dist::ProcessGroup& pg, torch::Device device) {
   std::vector<StageSummary> out;
   const std::string run_dir = opts.resume_dir.empty() ? effective_run_dir(stages.front()) : opts.resume_dir;
   // What earlier stages produced: the latest decoder (lm) and compressor (ae, keft, ft).
@@ -572,7 +640,7 @@ std::vector<StageSummary> train(const std::vector<RunConfig>& stages, const Trai
     if (!chained_compressor.empty()) cfg.compressor.path = chained_compressor;
     const std::string dir = stages.size() == 1 ? run_dir
                                                : join_path(run_dir, fmt::format("stage{}-{}", i, cfg.stage.type));
-    StageRunner runner(cfg, dir, opts);
+    StageRunner runner(cfg, dir, opts, pg, device);
     out.push_back(runner.run());
     if (!out.back().completed) break;
     if (out.back().name == "lm") {

@@ -264,12 +264,12 @@ TEST_F(ConfigTest, OptionsMarkdownListsEveryDumpedKey) {
   std::string md = gmsa::options_markdown();
   EXPECT_HAS(md, "| `optim.lr` | float | `0.0001` | > 0 |");
   EXPECT_HAS(md, "| `run.dtype` | enum | `\"fp32\"` | fp32 \\| bf16 |");
-  // 8 sections, 66 options (counted in the brief): every line of a default dump is a section or an option row.
+  // 9 sections, 69 options: every line of a default dump is a section or an option row.
   std::string dump = gmsa::dump_config(RunConfig{});
   size_t lines = std::count(dump.begin(), dump.end(), '\n');
   size_t rows = std::count(md.begin(), md.end(), '\n') - 2;
-  EXPECT_EQ(rows, 66u);
-  EXPECT_EQ(lines, rows + 8 + 4);  // + top sections + model.init, lora, lsa, tcp
+  EXPECT_EQ(rows, 69u);
+  EXPECT_EQ(lines, rows + 9 + 4);  // + top sections + model.init, lora, lsa, tcp
 }
 
 TEST_F(ConfigTest, TestTinyConfigLoads) {

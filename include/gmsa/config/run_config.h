@@ -111,6 +111,12 @@ struct RunConfig {
     std::string resume = "auto";
     std::string progress = "auto";
   } train;
+
+  struct Dist {
+    int64_t timeout_s = 600;  // a rank that dies or hangs stops the others after this long
+    bool zero1 = false;       // shard the optimizer state across ranks (ZeRO stage 1)
+    int64_t bucket_mb = 25;   // gradient all-reduce bucket size
+  } dist;
 };
 
 // Field-by-field equality over every declared option.
