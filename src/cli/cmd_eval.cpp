@@ -53,6 +53,7 @@ gmsa::cli::CommandRegistrar reg(60, [](CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--question-template", o.question_template, "qa prompt; {question} = the example's prompt")
       ->capture_default_str();
+  sub->add_option("--prompt-format", o.prompt_format, "Chat preset around the prompt (llama2-chat, llama3, chatml, ...)");
   sub->add_option("--device", f.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   sub->add_option("--dtype", f.dtype, "fp32 | bf16")->capture_default_str();
   sub->add_option("--seed", o.seed, "Random seed")->capture_default_str();

@@ -1,5 +1,7 @@
 #include "gmsa/eval/evaluate.h"
 
+#include "gmsa/text/prompt_format.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -284,11 +286,12 @@ std::vector<EvalExample> load_eval_examples(const std::string& path, const EvalO
   return out;
 }
 
-EncodedExample encode_example(const Tokenizer& tok, const EvalExample& ex, int64_t max_context_tokens) {
+EncodedExample encode_example(const Tokenizer& tok, const EvalExample& ex, int64_t max_context_tokens,
+                              const std::string& prompt_format) {
   auto ctx = tok.encode(ex.context);
   truncate_tokens(ctx, max_context_tokens, TruncateKeep::Head);
   if (ctx.empty()) fail("example {}: the context is empty after tokenization", ex.id);
-  return {to_int64(ctx), to_int64(tok.encode(ex.prompt))};
+  return {to_int64(ctx), to_int64(encode_user_turn(tok, prompt_format, ex.prompt))};
 }
 
 std::vector<int64_t> method_prompt_ids(const std::string& method, const EncodedExample& ex,
@@ -375,7 +378,7 @@ EvalResult run_eval(Decoder& decoder, const Tokenizer& tok, const std::vector<Co
   std::vector<EncodedExample> encoded;
   std::vector<std::vector<std::string>> references;
   for (const auto& ex : examples) {
-    encoded.push_back(encode_example(tok, ex, opts.max_context_tokens));
+    encoded.push_back(encode_example(tok, ex, opts.max_context_tokens, opts.prompt_format));
     references.push_back(opts.task == "qa" ? ex.answers
                                            : std::vector<std::string>{decode(tok, encoded.back().context)});
   }

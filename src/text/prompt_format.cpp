@@ -347,4 +347,14 @@ std::vector<std::string> PromptFormats::names() const {
 
 const char* builtin_prompt_formats_yaml() { return kBuiltinYaml; }
 
+std::vector<int> encode_user_turn(const Tokenizer& tokenizer, const std::string& format,
+                                  const std::string& text, const std::string& formats_file) {
+  if (format.empty()) return tokenizer.encode(text);
+  PromptFormats formats;
+  if (!formats_file.empty()) formats.load_yaml_file(formats_file);
+  auto pieces = formats.get(format).render({{"user", text}}, /*add_generation_prompt=*/true);
+  if (!pieces.empty() && pieces.front().kind == PromptPiece::Kind::Bos) pieces.erase(pieces.begin());
+  return encode_prompt(tokenizer, pieces).ids;
+}
+
 }  // namespace gmsa

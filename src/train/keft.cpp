@@ -4,6 +4,7 @@
 // Also the `ft` stage: the whole decoder, or the parameters matching stage.train_patterns.
 #include <regex>
 
+#include "gmsa/text/prompt_format.h"
 #include "gmsa/train/stage.h"
 #include "gmsa/util/error.h"
 
@@ -26,7 +27,7 @@ class QaStage : public Stage {
     GMSA_CHECK(!ex.answers.empty(), "example {}: no answer to train on", ex.id);
     Sample s;
     s.context = context_tokens(ex.input, tok, cfg_.data.max_context_tokens);
-    s.prompt = tok.encode(format_question(cfg_.data.question_template, ex));
+    s.prompt = encode_user_turn(tok, cfg_.data.prompt_format, format_question(cfg_.data.question_template, ex));
     if (static_cast<int64_t>(s.prompt.size()) > cfg_.data.max_prompt_tokens)
       fail("example {}: the question has {} tokens, over data.max_prompt_tokens = {} (prompts are never cut)",
            ex.id, s.prompt.size(), cfg_.data.max_prompt_tokens);

@@ -1,6 +1,10 @@
 // Data-parallel training through the real command: scripts/launch.sh starts 2 `gmsa train`
 // processes (Gloo over loopback). Their result must equal one process with twice the batch,
 // with and without ZeRO-1, also across a stop and resume; a dying rank stops the other.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +18,19 @@ using namespace gmsa;
 namespace fs = std::filesystem;
 
 namespace {
+
+// A port no one listens on now: tests run in parallel, so the default 29500 would collide.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
 
 struct DistFixture {
   gmsa::testing::TempDir dir;
@@ -46,7 +63,9 @@ struct DistFixture {
                              "dist: {timeout_s: 20}\n";
   }
   int run(const std::string& args, int n, const std::string& log) const {
-    std::string cmd = n > 1 ? launch + " -n " + std::to_string(n) + " -- " + gmsa_bin : gmsa_bin;
+    std::string cmd = n > 1 ? launch + " -n " + std::to_string(n) + " --master-port " + std::to_string(free_port()) +
+                                  " -- " + gmsa_bin
+                            : gmsa_bin;
     return std::system((cmd + " train -c " + config + " " + args + " > " + (dir / log) + " 2>&1").c_str());
   }
   std::map<std::string, torch::Tensor> weights(const std::string& run) const {

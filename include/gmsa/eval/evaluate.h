@@ -32,6 +32,7 @@ struct EvalOptions {
   int64_t max_new_tokens = 100;
   double repetition_penalty = 1.3;
   int64_t max_context_tokens = 512;
+  std::string prompt_format;  // a chat preset (text/prompt_format.h) around the prompt; "" = raw
   std::string question_template = "{question}";  // qa: the prompt; {question} = "prompt"
   std::string restore_prompt = kRestorePrompt;
   uint64_t seed = 0;
@@ -60,7 +61,7 @@ struct EncodedExample {
   std::vector<int64_t> prompt;   // no BOS
 };
 EncodedExample encode_example(const Tokenizer& tokenizer, const EvalExample& example,
-                              int64_t max_context_tokens);
+                              int64_t max_context_tokens, const std::string& prompt_format = "");
 
 // The token ids a method feeds the decoder: the whole input for original / closed-book, the
 // part after the soft tokens for gmsa / tcp (layouts at the top of this file). BOS is the

@@ -60,6 +60,14 @@ struct EncodedPrompt {
 // space (sentencepiece "▁answer").
 EncodedPrompt encode_prompt(const Tokenizer& tokenizer, const std::vector<PromptPiece>& pieces);
 
+// The token ids of one user turn as the decoder reads it after the soft tokens (or after the
+// uncompressed context): with format "" the plain text; else the named preset (or a format
+// from `formats_file`, if given) rendered for [user: text] with its generation prompt. A leading
+// BOS of the format is dropped: in GMSA the soft tokens come first and the decoder input has no
+// BOS.
+std::vector<int> encode_user_turn(const Tokenizer& tokenizer, const std::string& format,
+                                  const std::string& text, const std::string& formats_file = "");
+
 // Named formats: the compiled-in presets, to which YAML files add or replace entries.
 class PromptFormats {
  public:
