@@ -173,6 +173,7 @@ std::shared_ptr<spdlog::logger> stage_logger(const std::string& dir, int64_t ran
   logger->set_pattern(rank == 0 ? "[%Y-%m-%d %H:%M:%S] [%^%l%$] %v"
                                 : fmt::format("[%Y-%m-%d %H:%M:%S] [rank {}] [%^%l%$] %v", rank));
   if (rank != 0) logger->set_level(spdlog::level::warn);
+  logger->flush_on(spdlog::level::info);  // train.log is readable while the run goes on
   return logger;
 }
 
@@ -563,8 +564,7 @@ StageSummary StageRunner::run() {
       nlohmann::json line = {{"step", step},          {"loss", loss},
                              {"lr", lr},              {"grad_norm", norm},
                              {"ms", ms},              {"tokens_per_s", context_tokens / (ms / 1000.0)},
-                             {"target_tokens", target_tokens}, {"rates", all_rates},
-                             {"skipped_steps", skipped_}};
+                             {"target_tokens", target_tokens}, {"skipped_steps", skipped_}};
       if (stage_->uses_compressor()) line["rates"] = all_rates;
       if (cuda) {
         line["peak_memory_gb"] = compat::cuda_peak_memory(setup_.device) / 1e9;
