@@ -348,7 +348,8 @@ void expect_close(const NamedTensors& got, const NamedTensors& want, double tol,
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_EQ(got[i].first, want[i].first) << what;
     ASSERT_EQ(got[i].second.sizes(), want[i].second.sizes()) << what << " " << want[i].first;
-    const double diff = (got[i].second.to(torch::kDouble) - want[i].second.to(torch::kDouble)).abs().max().item<double>();
+    // Both on the CPU: references may have been computed on a GPU.
+    const double diff = (got[i].second.to(torch::kCPU, torch::kDouble) - want[i].second.to(torch::kCPU, torch::kDouble)).abs().max().item<double>();
     EXPECT_LE(diff, tol) << what << " " << want[i].first;
   }
 }

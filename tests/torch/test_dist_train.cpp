@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "gmsa/dist/process_group.h"
 #include "gmsa/io/safetensors.h"
 #include "gmsa/model/pretrained.h"
 #include "gmsa/text/spm_backend.h"
@@ -91,6 +92,7 @@ void expect_close(const std::map<std::string, torch::Tensor>& a, const std::map<
 }  // namespace
 
 TEST(DistTrain, TwoRanksEqualOneProcessWithTwiceTheBatchWithAndWithoutZero1) {
+  if (!gmsa::dist::ProcessGroup::has_backend("gloo")) GTEST_SKIP() << "this LibTorch has no Gloo: CPU ranks cannot talk";
   DistFixture fx;
   if (fx.launch.empty()) GTEST_SKIP() << "GMSA_SOURCE_DIR unset: scripts/launch.sh not found";
   ASSERT_EQ(fx.run("--set stage.batch_size=4 --set run.dir=" + (fx.dir / "one"), 1, "one.log"), 0);
@@ -105,6 +107,7 @@ TEST(DistTrain, TwoRanksEqualOneProcessWithTwiceTheBatchWithAndWithoutZero1) {
 }
 
 TEST(DistTrain, TwoRanksStoppedAndResumedMatchAnUnstoppedRun) {
+  if (!gmsa::dist::ProcessGroup::has_backend("gloo")) GTEST_SKIP() << "this LibTorch has no Gloo: CPU ranks cannot talk";
   DistFixture fx;
   if (fx.launch.empty()) GTEST_SKIP() << "GMSA_SOURCE_DIR unset: scripts/launch.sh not found";
   const std::string common = "--set stage.batch_size=2 --set dist.zero1=true ";
