@@ -70,11 +70,13 @@ namespace {
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
                                torch::Tensor anchor, DecoderLayerImpl* layer, const Rope* rope,
-                               torch::Tensor mask) {
+                               const torch::Tensor* mask_ptr) {
+    // The mask travels by pointer: an undefined tensor cannot be a Function input.
+    const torch::Tensor mask = *mask_ptr;
     ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     ctx->saved_data["cos"] = rope->cos;
     ctx->saved_data["sin"] = rope->sin;
-    ctx->saved_data["mask"] = mask;
+    ctx->saved_data["mask"] = mask.defined() ? c10::IValue(mask) : c10::IValue();
     ctx->saved_data["x"] = x;
     ctx->saved_data["rng"] = compat::rng_state(x.device());
     ctx->saved_data["cpu_rng"] = compat::rng_state(torch::kCPU);
@@ -125,7 +127,7 @@ torch::Tensor DecoderImpl::run_layers(torch::Tensor x, const torch::Tensor& posi
   for (int64_t i = first; i < last; ++i) {
     auto layer = model->layer(i);
     if (checkpoint) {
-      x = CheckpointedLayer::apply(x, anchor, layer.get(), &rope, mask);
+      x = CheckpointedLayer::apply(x, anchor, layer.get(), &rope, &mask);
     } else {
       AttentionContext actx{&rope, mask, cache, i - first};
       x = layer->forward(x, actx);
