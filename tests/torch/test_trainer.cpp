@@ -142,3 +142,38 @@ TEST(Trainer, ConfigErrorsAreClear) {
     EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
   }
 }
+
+// A non-finite loss skips the update and is counted; after train.max_bad_steps in a row the
+// run stops with a clear message and a checkpoint.
+TEST(Trainer, NonFiniteStepsAreSkippedThenTheRunStops) {
+  Fixture fx;
+  auto cfg = fx.load({"optim.lr=1e30", "optim.clip=0", "stage.steps=20", "train.max_bad_steps=3"});
+  try {
+    train(cfg);
+    FAIL() << "expected the run to stop";
+  } catch (const gmsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::exists(fs::path(effective_run_dir(cfg[0])) / "checkpoints"));
+  std::ifstream metrics(fs::path(effective_run_dir(cfg[0])) / "metrics.jsonl");
+  std::string line, last;
+  while (std::getline(metrics, line)) last = line;
+  EXPECT_GE(nlohmann::json::parse(last).at("skipped_steps").get<int64_t>(), 1) << last;
+}
+
+// SIGTERM (here from `timeout`) makes `gmsa train` save a checkpoint and exit cleanly; the run
+// then resumes from it.
+TEST(Trainer, SigtermSavesACheckpointAndExits) {
+  Fixture fx;
+  const std::string gmsa_bin = gmsa::testing::binary_dir() + "/gmsa";
+  const std::string run_dir = fx.dir / "sig";
+  const std::string cmd = "timeout --preserve-status -s TERM 3 " + gmsa_bin + " train -c " + fx.config +
+                          " --set stage.steps=1000000 --set run.dir=" + run_dir + " > " + (fx.dir / "sig.log") + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 3) << "expected the 'stopped early' exit code";
+  bool complete = false;
+  for (auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints"))
+    complete = complete || fs::exists(e.path() / "COMPLETE");
+  EXPECT_TRUE(complete) << "no complete checkpoint after SIGTERM";
+}
