@@ -31,19 +31,9 @@ void run(const BenchArgs& a) {
   }
 }
 
-// Whichever `bench` child registers first creates the group.
-CLI::App* bench_group(CLI::App& app) {
-  try {
-    return app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    auto* bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-    return bench;
-  }
-}
 
 gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
-  auto* sub = bench_group(app)->add_subcommand(
+  auto* sub = gmsa::cli::subcommand_group(app, "bench", "Benchmarks")->add_subcommand(
       "infer", "Latency of compression, prefill and decoding: original prompt vs each rate");
   auto a = std::make_shared<BenchArgs>();
   auto& o = a->opts;

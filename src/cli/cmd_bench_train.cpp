@@ -7,20 +7,11 @@
 
 namespace {
 
-CLI::App* bench_group(CLI::App& app) {
-  try {
-    return app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    auto* bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-    return bench;
-  }
-}
 
 gmsa::cli::CommandRegistrar reg(71, [](CLI::App& app) {
   auto o = std::make_shared<gmsa::BenchTrainOptions>();
   auto json_out = std::make_shared<std::string>();
-  auto* sub = bench_group(app)->add_subcommand("train", "Time autoencoder and KEFT training steps");
+  auto* sub = gmsa::cli::subcommand_group(app, "bench", "Benchmarks")->add_subcommand("train", "Time autoencoder and KEFT training steps");
   sub->add_option("--arch", o->arch, "Model shape (random weights): llama2-7b, llama3-8b, qwen2-7b, tiny");
   sub->add_option("--stages", o->stages, "Stages to time")->delimiter(',');
   sub->add_option("--contexts", o->contexts, "Context lengths")->delimiter(',');

@@ -68,8 +68,7 @@ void add_convert(CLI::App* data) {
 }
 
 gmsa::cli::CommandRegistrar reg(50, [](CLI::App& app) {
-  auto* data = app.add_subcommand("data", "Dataset tools: convert benchmarks to the QA schema");
-  data->require_subcommand(1);
+  auto* data = gmsa::cli::subcommand_group(app, "data", "Dataset tools: convert benchmarks, generate the synthetic world");
   add_convert(data);
 });
 

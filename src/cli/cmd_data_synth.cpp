@@ -39,20 +39,9 @@ void run_synth(SynthOptions opt) {
                world.train.size(), world.eval.size());
 }
 
-// The `data` group comes from cmd_data.cpp (order 50); adding it here when absent keeps this
-// file independent of registration order.
-CLI::App* data_group(CLI::App& app) {
-  try {
-    return app.get_subcommand("data");
-  } catch (const CLI::OptionNotFound&) {
-    auto* data = app.add_subcommand("data", "Prepare datasets");
-    data->require_subcommand(1);
-    return data;
-  }
-}
 
 gmsa::cli::CommandRegistrar reg(51, [](CLI::App& app) {
-  auto* sub = data_group(app)->add_subcommand(
+  auto* sub = gmsa::cli::subcommand_group(app, "data", "Dataset tools: convert benchmarks, generate the synthetic world")->add_subcommand(
       "synth", "Generate the seeded synthetic knowledge world (corpus + multi-document QA)");
   auto opt = std::make_shared<SynthOptions>();
   auto& c = opt->config;

@@ -15,6 +15,10 @@ struct CommandRegistrar {
   CommandRegistrar(int order, CommandSetup setup);
 };
 
+// The subcommand group `name` (e.g. `data`, `bench`), created on first use: children in
+// several files attach to it whatever their registration order.
+CLI::App* subcommand_group(CLI::App& app, const std::string& name, const std::string& description);
+
 // Adds every registered subcommand to the app, in registration order.
 void run_registered_setups(CLI::App& app);
 

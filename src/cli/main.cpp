@@ -23,6 +23,13 @@ CommandRegistrar::CommandRegistrar(int order, CommandSetup setup) {
   registry().emplace_back(order, std::move(setup));
 }
 
+CLI::App* subcommand_group(CLI::App& app, const std::string& name, const std::string& description) {
+  for (auto* sub : app.get_subcommands([&](CLI::App* s) { return s->get_name() == name; })) return sub;
+  auto* group = app.add_subcommand(name, description);
+  group->require_subcommand(1);
+  return group;
+}
+
 void run_registered_setups(CLI::App& app) {
   auto& r = registry();
   std::stable_sort(r.begin(), r.end(), [](auto& a, auto& b) { return a.first < b.first; });
