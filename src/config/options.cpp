@@ -61,6 +61,8 @@ static std::vector<Option> declare() {
   GMSA_OPTION(data.shuffle, "Shuffle training samples");
   GMSA_OPTION(data.bucket, "Batch samples of similar length");
   GMSA_OPTION(data.skip_bad_lines, "Skip malformed data lines instead of failing");
+  GMSA_OPTION(data.streaming, "Stream the training corpus (larger than memory) through a shuffle buffer");
+  GMSA_OPTION(data.stream_buffer, "Documents held in the streaming shuffle buffer").ge(1);
   GMSA_OPTION(data.eval_samples, "Evaluation samples (0: all)").ge(0);
 
   GMSA_OPTION(stage.type, "Training stage").one_of({"ae", "keft", "ft", "lm"});

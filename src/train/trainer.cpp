@@ -14,6 +14,7 @@
 #include "gmsa/config/config.h"
 #include "gmsa/data/corpus.h"
 #include "gmsa/data/sampler.h"
+#include "gmsa/data/stream.h"
 #include "gmsa/dist/grad_sync.h"
 #include "gmsa/dist/process_group.h"
 #include "gmsa/dist/zero.h"
@@ -227,6 +228,8 @@ class StageRunner {
   Setup setup_;
   std::vector<Sample> train_, eval_;
   std::unique_ptr<BatchSampler> sampler_;
+  std::unique_ptr<ShuffledStream> stream_;  // data.streaming: documents read as needed
+  std::vector<std::unique_ptr<Sample>> streamed_;  // this step's samples from the stream
   std::unique_ptr<RateSampler> rates_;
   NamedTensors trainable_;
   std::unique_ptr<dist::ZeroAdamW> optim_;  // plain AdamW in a single process
@@ -240,9 +243,23 @@ class StageRunner {
 void StageRunner::load_data() {
   GMSA_CHECK(!cfg_.data.train.empty(), "data.train is empty: nothing to train on");
   auto t0 = Clock::now();
-  train_ = tokenize_all(read_examples(cfg_.data.train, *stage_, cfg_), *stage_, *setup_.tok);
   if (!cfg_.data.eval.empty())
     eval_ = tokenize_all(read_examples(cfg_.data.eval, *stage_, cfg_, cfg_.data.eval_samples), *stage_, *setup_.tok);
+  rates_ = std::make_unique<RateSampler>(cfg_.data.rates, cfg_.data.rate_weights,
+                                         static_cast<uint64_t>(cfg_.run.seed) ^ 0x5eedull);
+  if (cfg_.data.streaming) {
+    GMSA_CHECK(!stage_->reads_qa(), "data.streaming: stage {} reads QA records; streaming is for corpora (ae, lm)",
+               stage_->name());
+    GMSA_CHECK(cfg_.stage.epochs == 0, "data.streaming: give stage.steps (a stream has no known length), not stage.epochs");
+    CorpusFormat fmt = cfg_.data.format == "text" ? CorpusFormat::Text
+                       : cfg_.data.format == "auto" ? CorpusFormat::Auto : CorpusFormat::Jsonl;
+    stream_ = std::make_unique<ShuffledStream>(cfg_.data.train, fmt, cfg_.data.stream_buffer,
+                                               static_cast<uint64_t>(cfg_.run.seed));
+    log_->info("data: streaming {} through a {}-document shuffle buffer, {} held-out", cfg_.data.train,
+               cfg_.data.stream_buffer, eval_.size());
+    return;
+  }
+  train_ = tokenize_all(read_examples(cfg_.data.train, *stage_, cfg_), *stage_, *setup_.tok);
   std::vector<int64_t> lengths;
   int64_t tokens = 0;
   for (const auto& s : train_) {
@@ -257,8 +274,6 @@ void StageRunner::load_data() {
   so.shuffle = cfg_.data.shuffle;
   so.bucket = cfg_.data.bucket;
   sampler_ = std::make_unique<BatchSampler>(lengths, so);
-  rates_ = std::make_unique<RateSampler>(cfg_.data.rates, cfg_.data.rate_weights,
-                                         static_cast<uint64_t>(cfg_.run.seed) ^ 0x5eedull);
   log_->info("data: {} training examples ({} tokens), {} held-out; tokenised in {:.1f}s", train_.size(), tokens,
              eval_.size(), std::chrono::duration<double>(Clock::now() - t0).count());
 }
@@ -274,8 +289,23 @@ int64_t StageRunner::total_steps() const {
 std::vector<const Sample*> StageRunner::next_micro_batch(std::vector<int64_t>& rates) {
   std::vector<const Sample*> batch;
   rates.clear();
-  const auto global = sampler_->next_batch();
   const int64_t B = cfg_.stage.batch_size, lo = pg_.rank() * B;
+  if (stream_) {
+    // Every rank reads the same stream and tokenises only its own rows.
+    for (int64_t k = 0; k < B * pg_.world_size(); ++k) {
+      std::string doc = stream_->next();
+      const int64_t rate = stage_->uses_compressor() ? rates_->next() : 1;
+      if (k < lo || k >= lo + B) continue;
+      QaExample ex;
+      ex.id = cfg_.data.train + "#" + std::to_string(stream_->position());
+      ex.input = std::move(doc);
+      streamed_.push_back(std::make_unique<Sample>(stage_->make_sample(ex, *setup_.tok)));
+      batch.push_back(streamed_.back().get());
+      rates.push_back(rate);
+    }
+    return batch;
+  }
+  const auto global = sampler_->next_batch();
   for (int64_t k = 0; k < static_cast<int64_t>(global.size()); ++k) {
     const int64_t rate = stage_->uses_compressor() ? rates_->next() : 1;
     if (k < lo || k >= lo + B) continue;
@@ -296,7 +326,8 @@ void StageRunner::save_checkpoint(int64_t step) {
     save_safetensors(join_path(tmp, "optimizer.safetensors"), optimizer_state);
     nlohmann::json st = {{"step", step},
                          {"optimizer_steps", optim_->step_count()},
-                         {"sampler", sampler_->state().to_json()},
+                         {"sampler", sampler_ ? sampler_->state().to_json() : nlohmann::json()},
+                         {"stream_position", stream_ ? stream_->position() : 0},
                          {"rates", rates_->state()},
                          {"rng", rng_to_json(rng)},
                          {"skipped_steps", skipped_},
@@ -328,7 +359,8 @@ int64_t StageRunner::try_resume() {
   NamedTensors state;
   for (const auto& k : opt.keys()) state.emplace_back(k, opt.tensor(k));
   optim_->load_state(state, st.at("optimizer_steps").get<int64_t>());
-  sampler_->restore(SamplerState::from_json(st.at("sampler")));
+  if (sampler_) sampler_->restore(SamplerState::from_json(st.at("sampler")));
+  if (stream_) stream_->skip_to(st.at("stream_position").get<int64_t>());
   rates_->restore(st.at("rates").get<std::string>());
   restore_rng(rng_from_json(st.at("rng")));
   skipped_ = st.at("skipped_steps").get<int64_t>();
@@ -504,6 +536,7 @@ StageSummary StageRunner::run() {
     auto t0 = Clock::now();
     if (cuda) compat::reset_cuda_peak_memory(setup_.device);
     // All micro-batches are drawn first so the loss can be normalised by their target tokens.
+    streamed_.clear();
     std::vector<std::vector<const Sample*>> micro(cfg_.stage.grad_accum);
     std::vector<std::vector<int64_t>> micro_rates(cfg_.stage.grad_accum);
     int64_t target_tokens = 0, context_tokens = 0;

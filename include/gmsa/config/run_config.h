@@ -73,6 +73,8 @@ struct RunConfig {
     bool shuffle = true;
     bool bucket = true;
     bool skip_bad_lines = false;
+    bool streaming = false;        // corpus stages: read the training file as a stream
+    int64_t stream_buffer = 10000; // documents in the streaming shuffle buffer
     int64_t eval_samples = 64;
   } data;
 
