@@ -52,6 +52,11 @@ namespace {
 
 // ------------------------------------------------------------------ setup
 
+CorpusFormat corpus_format(const RunConfig& cfg) {
+  if (cfg.data.format == "text") return CorpusFormat::Text;
+  return cfg.data.format == "auto" ? CorpusFormat::Auto : CorpusFormat::Jsonl;
+}
+
 std::vector<QaExample> read_examples(const std::string& path, const Stage& stage, const RunConfig& cfg,
                                      int64_t limit = -1) {
   if (stage.reads_qa()) {
@@ -61,10 +66,7 @@ std::vector<QaExample> read_examples(const std::string& path, const Stage& stage
     if (limit >= 0 && static_cast<int64_t>(r.examples.size()) > limit) r.examples.resize(limit);
     return std::move(r.examples);
   }
-  CorpusFormat fmt = cfg.data.format == "text"    ? CorpusFormat::Text
-                     : cfg.data.format == "auto"  ? CorpusFormat::Auto
-                                                  : CorpusFormat::Jsonl;
-  CorpusReader reader(path, fmt);
+  CorpusReader reader(path, corpus_format(cfg));
   std::vector<QaExample> out;
   std::string doc;
   while ((limit < 0 || static_cast<int64_t>(out.size()) < limit) && reader.next(doc)) {
@@ -251,9 +253,7 @@ void StageRunner::load_data() {
     GMSA_CHECK(!stage_->reads_qa(), "data.streaming: stage {} reads QA records; streaming is for corpora (ae, lm)",
                stage_->name());
     GMSA_CHECK(cfg_.stage.epochs == 0, "data.streaming: give stage.steps (a stream has no known length), not stage.epochs");
-    CorpusFormat fmt = cfg_.data.format == "text" ? CorpusFormat::Text
-                       : cfg_.data.format == "auto" ? CorpusFormat::Auto : CorpusFormat::Jsonl;
-    stream_ = std::make_unique<ShuffledStream>(cfg_.data.train, fmt, cfg_.data.stream_buffer,
+    stream_ = std::make_unique<ShuffledStream>(cfg_.data.train, corpus_format(cfg_), cfg_.data.stream_buffer,
                                                static_cast<uint64_t>(cfg_.run.seed));
     log_->info("data: streaming {} through a {}-document shuffle buffer, {} held-out", cfg_.data.train,
                cfg_.data.stream_buffer, eval_.size());

@@ -1,6 +1,8 @@
 // Benchmark converters (data/convert.h) on fixtures written here, plus real files when
 // GMSA_DATA_DIR is set.
 #include <gtest/gtest.h>
+
+#include "temp_files.h"
 #include <zlib.h>
 
 #include <cstdlib>
@@ -19,20 +21,8 @@ using namespace gmsa;
 
 namespace {
 
-class ConvertTest : public ::testing::Test {
+class ConvertTest : public TempFilesTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "gmsa_convert_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string write(const std::string& name, const std::string& text) {
-    std::string path = (fs::path(dir_) / name).string();
-    std::ofstream(path, std::ios::binary) << text;
-    return path;
-  }
   std::string write_jsonl(const std::string& name, const std::vector<json>& records) {
     std::string text;
     for (const auto& r : records) text += r.dump() + "\n";
@@ -47,7 +37,6 @@ class ConvertTest : public ::testing::Test {
     gzclose(f);
     return path;
   }
-  std::string dir_;
 };
 
 // Splits a rendered input back into documents (each starts with "Document [").

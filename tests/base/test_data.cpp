@@ -1,5 +1,7 @@
 // QA schema reader/writer, corpus reader, token truncation and the batch sampler.
 #include <gtest/gtest.h>
+
+#include "temp_files.h"
 #include <zlib.h>
 
 #include <algorithm>
@@ -18,20 +20,8 @@ using namespace gmsa;
 
 namespace {
 
-class DataFiles : public ::testing::Test {
+class DataFiles : public TempFilesTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "gmsa_data_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string write(const std::string& name, const std::string& text) {
-    std::string path = (fs::path(dir_) / name).string();
-    std::ofstream(path, std::ios::binary) << text;
-    return path;
-  }
   std::string write_gz(const std::string& name, const std::string& text) {
     std::string path = (fs::path(dir_) / name).string();
     gzFile f = gzopen(path.c_str(), "wb");
@@ -40,7 +30,6 @@ class DataFiles : public ::testing::Test {
     gzclose(f);
     return path;
   }
-  std::string dir_;
 };
 
 // The message of the gmsa::Error thrown by fn, or "" when nothing was thrown.
