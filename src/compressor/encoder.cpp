@@ -52,7 +52,7 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor& embeds) {
                  .unsqueeze(0).expand({B, T});
   Rope rope = rope_tables(decoder_->inv_freq, pos, embeds.scalar_type());
   auto x = embeds.to(decoder_->compute_dtype());
-  AttentionContext ctx{&rope, {}, nullptr, 0};
+  AttentionContext ctx{&rope, {}, nullptr, 0, {}};
   for (auto& layer : layers) x = layer->forward(x, ctx);
   return norm(x);
 }

@@ -60,7 +60,7 @@ torch::Tensor LSAImpl::forward(const torch::Tensor& soft) {
     auto pos = torch::arange(M, torch::TensorOptions().dtype(torch::kLong).device(x.device()))
                    .unsqueeze(0).expand({B, M});
     Rope rope = rope_tables(inv_freq_, pos, x.scalar_type());
-    AttentionContext ctx{&rope, {}, nullptr, 0};
+    AttentionContext ctx{&rope, {}, nullptr, 0, {}};
     for (size_t i = 0; i < blocks->size(); ++i) x = blocks->ptr<DecoderLayerImpl>(i)->forward(x, ctx);
   }
   return norm(x);

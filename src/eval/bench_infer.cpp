@@ -110,7 +110,7 @@ struct Bench {
   torch::Device device;
 
   // One timed run of a case: compress (rate > 0), then generate exactly new_tokens.
-  BenchSample once(int64_t rate, int64_t* decoder_tokens) {
+  BenchSample once(int64_t rate, int64_t* decoder_tokens, bool* graphed) {
     torch::NoGradGuard no_grad;
     const int64_t B = context.size(0), L = context.size(1);
     const auto& mc = decoder->config();
@@ -141,7 +141,9 @@ struct Bench {
     gen.max_new_tokens = opts.new_tokens;
     gen.repetition_penalty = 1.3;  // the evaluation's setting
     gen.eos_ids = {-1};            // never stop early: every run decodes new_tokens
+    gen.cuda_graph = opts.cuda_graph;
     auto res = generate(decoder, prompts, gen);
+    *graphed = res.cuda_graph;
     s.total_ms = ms_since(t0);
     s.prefill_ms = res.prefill_ms;
     s.decode_ms = res.decode_ms;
@@ -154,11 +156,12 @@ struct Bench {
     c.rate = rate;
     c.name = rate > 0 ? fmt::format("{}@{}x", compressor->config().method, rate) : "original";
     reset_peak_memory(device);
-    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, &c.decoder_tokens);
-    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, &c.decoder_tokens));
+    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, &c.decoder_tokens, &c.cuda_graph);
+    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, &c.decoder_tokens, &c.cuda_graph));
     c.peak_bytes = peak_memory(device);
     c.median = median_sample(c.samples);
     c.tokens_per_s = opts.batch * opts.new_tokens / (c.median.total_ms / 1000.0);
+    c.answers_per_s = opts.batch / (c.median.total_ms / 1000.0);
     spdlog::info("bench {}: end-to-end {:.1f} ms (compress {:.1f}, prefill {:.1f}, decode {:.1f})",
                  c.name, c.median.total_ms, c.median.compress_ms, c.median.prefill_ms, c.median.decode_ms);
     return c;
@@ -284,6 +287,7 @@ nlohmann::json BenchInferReport::to_json() const {
     for (const auto& s : c.samples) samples.push_back(sample_json(s));
     cases_json.push_back({{"name", c.name}, {"rate", c.rate}, {"decoder_tokens", c.decoder_tokens},
                           {"median", sample_json(c.median)}, {"tokens_per_s", c.tokens_per_s},
+                          {"answers_per_s", c.answers_per_s}, {"cuda_graph", c.cuda_graph},
                           {"peak_bytes", c.peak_bytes}, {"samples", samples}});
   }
   return {{"setup", setup}, {"cases", cases_json}};
@@ -291,14 +295,16 @@ nlohmann::json BenchInferReport::to_json() const {
 
 std::string BenchInferReport::table() const {
   std::string out =
-      "| Case | Decoder input | Compress ms | Prefill ms | Decode ms | End-to-end ms | Speedup | New tok/s | Peak MiB |\n"
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "| Case | Decoder input | Compress ms | Prefill ms | TTFT ms | Decode ms/token | End-to-end ms | Speedup | "
+      "Answers/s | New tok/s | Peak MiB |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   const double base = cases.empty() ? 0 : cases.front().median.total_ms;
   for (const auto& c : cases) {
     const auto& m = c.median;
-    out += fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.2f}x | {:.1f} | {} |\n", c.name,
-                       c.decoder_tokens, m.compress_ms, m.prefill_ms, m.decode_ms, m.total_ms,
-                       base / m.total_ms, c.tokens_per_s,
+    const double per_token = m.generated > 1 ? m.decode_ms / (m.generated - 1) : 0;
+    out += fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {:.2f}x | {:.2f} | {:.1f} | {} |\n",
+                       c.name, c.decoder_tokens, m.compress_ms, m.prefill_ms, m.compress_ms + m.prefill_ms,
+                       per_token, m.total_ms, base / m.total_ms, c.answers_per_s, c.tokens_per_s,
                        c.peak_bytes < 0 ? std::string("-") : fmt::format("{:.0f}", c.peak_bytes / 1048576.0));
   }
   return out;

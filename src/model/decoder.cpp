@@ -81,7 +81,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["rng"] = compat::rng_state(x.device());
     ctx->saved_data["cpu_rng"] = compat::rng_state(torch::kCPU);
     torch::NoGradGuard no_grad;
-    AttentionContext actx{rope, mask, nullptr, 0};
+    AttentionContext actx{rope, mask, nullptr, 0, {}};
     return layer->forward(x, actx);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -99,7 +99,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     torch::Tensor out;
     {
       torch::AutoGradMode enable(true);
-      AttentionContext actx{&rope, mask, nullptr, 0};
+      AttentionContext actx{&rope, mask, nullptr, 0, {}};
       out = layer->forward(x, actx);
     }
     compat::set_rng_state(rng_now, x.device());
@@ -129,7 +129,7 @@ torch::Tensor DecoderImpl::run_layers(torch::Tensor x, const torch::Tensor& posi
     if (checkpoint) {
       x = CheckpointedLayer::apply(x, anchor, layer.get(), &rope, &mask);
     } else {
-      AttentionContext actx{&rope, mask, cache, i - first};
+      AttentionContext actx{&rope, mask, cache, i - first, {}};
       x = layer->forward(x, actx);
     }
   }

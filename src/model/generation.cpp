@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "gmsa/model/decode_step.h"
 #include "gmsa/util/error.h"
 
 namespace gmsa {
@@ -19,6 +20,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 struct PaddedBatch {
   torch::Tensor embeds;  // [B, T, H]
   torch::Tensor mask;    // [B, T] int64
+  bool padded = false;   // prompts of different lengths
 };
 
 PaddedBatch pad_left(Decoder& dec, const std::vector<GenerationPrompt>& prompts) {
@@ -51,7 +53,8 @@ PaddedBatch pad_left(Decoder& dec, const std::vector<GenerationPrompt>& prompts)
       embeds[b].narrow(0, col, ids.size(0)).copy_(dec->embed(ids));
     }
   }
-  return {embeds, mask.to(device)};
+  const bool padded = std::any_of(lens.begin(), lens.end(), [&](int64_t n) { return n != T; });
+  return {embeds, mask.to(device), padded};
 }
 
 torch::Tensor apply_repetition_penalty(const torch::Tensor& logits, const torch::Tensor& seen, double p) {
@@ -79,6 +82,24 @@ torch::Tensor sample(torch::Tensor logits, const GenerationConfig& cfg, at::Gene
   return torch::multinomial(torch::softmax(logits, -1), 1, false, gen).squeeze(-1);
 }
 
+// EOS is checked on the host every this many steps: each check waits for the device, which
+// would otherwise run ahead of the host through the queued steps.
+constexpr int64_t kEosCheckEvery = 4;
+
+// Each row's new tokens up to (excluding) its first EOS.
+std::vector<std::vector<int64_t>> cut_at_eos(const torch::Tensor& out, int64_t steps,
+                                             const std::vector<int64_t>& eos) {
+  auto host = out.narrow(1, 0, steps).to(torch::kCPU).contiguous();
+  auto acc = host.accessor<int64_t, 2>();
+  std::vector<std::vector<int64_t>> rows(host.size(0));
+  for (int64_t b = 0; b < host.size(0); ++b)
+    for (int64_t t = 0; t < steps; ++t) {
+      if (std::find(eos.begin(), eos.end(), acc[b][t]) != eos.end()) break;
+      rows[b].push_back(acc[b][t]);
+    }
+  return rows;
+}
+
 }  // namespace
 
 GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& prompts,
@@ -92,14 +113,21 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
   const auto& mc = dec->config();
   const auto eos = cfg.eos_ids.empty() ? mc.eos_token_ids : cfg.eos_ids;
   auto device = dec->model->embed_tokens->weight.device();
-  const int64_t B = prompts.size();
+  const int64_t B = prompts.size(), N = cfg.max_new_tokens;
+  GenerationResult res;
+  res.tokens.assign(B, {});
+  if (N == 0) {
+    if (was_training) dec->train();
+    return res;
+  }
 
   auto t0 = std::chrono::steady_clock::now();
   auto batch = pad_left(dec, prompts);
   const int64_t T = batch.embeds.size(1);
-  auto cache = KVCache::allocate(mc, B, T + std::max<int64_t>(cfg.max_new_tokens, 1),
-                                 batch.embeds.options());
-  auto full_mask = torch::cat({batch.mask, torch::ones({B, cfg.max_new_tokens}, batch.mask.options())}, 1);
+  // Columns rounded up to a multiple of 16, the key alignment of the fused attention kernels
+  // (they would pad the mask on every step otherwise); the extra columns stay masked.
+  const int64_t capacity = (T + N + 15) / 16 * 16;
+  auto cache = KVCache::allocate(mc, B, capacity, batch.embeds.options());
 
   torch::Tensor seen;
   if (cfg.repetition_penalty != 1.0) {
@@ -110,48 +138,50 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
           seen[b].index_fill_(0, torch::tensor(prompts[b].ids, torch::kLong).to(device), true);
   }
   at::Generator gen = at::detail::createCPUGenerator(cfg.seed);
+  auto longs = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto eos_t = torch::tensor(eos, torch::kLong).to(device);
+  auto out = torch::empty({B, N}, longs);  // new tokens, EOS and what follows included
+  auto finished = torch::zeros({B}, longs.dtype(torch::kBool));
+  auto pick = [&](torch::Tensor logits, int64_t step) {
+    if (seen.defined()) logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty);
+    auto next = cfg.do_sample ? sample(logits, cfg, gen).to(device) : logits.argmax(-1);
+    if (seen.defined()) seen.scatter_(1, next.unsqueeze(1), true);
+    out.select(1, step).copy_(next);
+    finished.logical_or_(torch::isin(next, eos_t));
+    return next;
+  };
+  auto all_finished = [&] { return finished.all().item<bool>(); };
 
-  GenerationResult res;
-  res.tokens.assign(B, {});
-  std::vector<bool> done(B, false);
+  // Prefill. Without padding the plain causal mask applies, which lets the flash kernel run.
   auto positions = positions_from_mask(batch.mask);
   DecoderInput in;
   in.inputs_embeds = batch.embeds;
   in.position_ids = positions;
-  in.attention_mask = batch.mask;
+  if (batch.padded) in.attention_mask = batch.mask;
   in.cache = &cache;
   in.compute_logits = false;
-  auto next_pos = positions.select(1, T - 1).unsqueeze(1) + 1;
-  for (int64_t step = 0; step < cfg.max_new_tokens; ++step) {
-    auto hidden = dec->forward(in).last_hidden;
-    auto logits = dec->logits(hidden.select(1, hidden.size(1) - 1));
-    if (seen.defined()) logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty);
-    auto next = cfg.do_sample ? sample(logits, cfg, gen).to(device) : logits.argmax(-1);
-    if (seen.defined()) seen.scatter_(1, next.unsqueeze(1), true);
-    auto host = next.to(torch::kCPU);
-    auto acc = host.accessor<int64_t, 1>();
-    bool all_done = true;
-    for (int64_t b = 0; b < B; ++b) {
-      if (done[b]) continue;
-      if (std::find(eos.begin(), eos.end(), acc[b]) != eos.end()) done[b] = true;
-      else res.tokens[b].push_back(acc[b]);
-      all_done = all_done && done[b];
+  auto hidden = dec->forward(in).last_hidden;
+  auto next = pick(dec->logits(hidden.select(1, T - 1)), 0);
+  int64_t produced = 1;
+  const bool stop = all_finished();  // also waits for the device: prefill time is honest
+  res.prefill_ms = ms_since(t0);
+  t0 = std::chrono::steady_clock::now();
+
+  if (!stop && N > 1) {
+    res.cuda_graph = cfg.cuda_graph && device.is_cuda();
+    DecodeStep step(dec, cache, batch.mask, positions.select(1, T - 1) + 1, res.cuda_graph);
+    for (; produced < N; ++produced) {
+      next = pick(step.run(next), produced);
+      if ((produced + 1) % kEosCheckEvery == 0 && all_finished()) {
+        ++produced;
+        break;
+      }
     }
-    if (step == 0) {
-      sync(device);
-      res.prefill_ms = ms_since(t0);
-      t0 = std::chrono::steady_clock::now();
-    } else {
-      ++res.steps;
-    }
-    if (all_done) break;
-    in.inputs_embeds = dec->embed(next.unsqueeze(1));
-    in.position_ids = next_pos;
-    next_pos = next_pos + 1;
-    in.attention_mask = full_mask.narrow(1, 0, cache.length + 1);
+    sync(device);
+    res.steps = produced - 1;
+    res.decode_ms = ms_since(t0);
   }
-  sync(device);
-  if (res.steps > 0 || cfg.max_new_tokens > 0) res.decode_ms = cfg.max_new_tokens > 0 ? ms_since(t0) : 0;
+  res.tokens = cut_at_eos(out, produced, eos);
   if (was_training) dec->train();
   return res;
 }

@@ -164,7 +164,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   }
   q = apply_rope(q.transpose(1, 2), *ctx.rope);
   k = apply_rope(k.transpose(1, 2), *ctx.rope);
-  if (ctx.cache) {
+  if (ctx.cache && ctx.cache_slot.defined()) {
+    auto& ck = ctx.cache->k[ctx.layer];
+    auto& cv = ctx.cache->v[ctx.layer];
+    ck.index_copy_(2, ctx.cache_slot, k);
+    cv.index_copy_(2, ctx.cache_slot, v);
+    k = ck;
+    v = cv;
+  } else if (ctx.cache) {
     auto& ck = ctx.cache->k[ctx.layer];
     auto& cv = ctx.cache->v[ctx.layer];
     const int64_t start = ctx.cache->length, end = start + T;

@@ -72,6 +72,34 @@ TEST_P(DecoderFamilies, LeftPaddedRowMatchesUnpadded) {
   EXPECT_FALSE(d->forward(p).logits.isnan().any().item<bool>());
 }
 
+// The fixed-shape decoding step (static cache written at a device column, attention over the
+// whole capacity under a mask) must give what recomputing the full sequence gives.
+TEST_P(DecoderFamilies, GreedyGenerationMatchesFullRecomputation) {
+  auto cfg = gmsa::testing::tiny_config(GetParam());
+  if (GetParam() == "mistral") cfg.sliding_window = 5;  // bites within the prompt and the decoding
+  Decoder d(cfg);
+  gmsa::testing::randomize(*d, 21);
+  d->eval();
+  GenerationConfig g;
+  g.max_new_tokens = 10;
+  g.eos_ids = {-1};
+  std::vector<GenerationPrompt> prompts = {{{}, {5, 9, 11}}, {{}, {7, 8, 9, 10, 12, 30, 31, 40}}};
+  auto batched = generate(d, prompts, g);
+  EXPECT_EQ(batched.steps, 9);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int64_t> seq = prompts[i].ids, expect;
+    torch::NoGradGuard no_grad;
+    for (int t = 0; t < 10; ++t) {
+      DecoderInput in;
+      in.input_ids = torch::tensor(seq, torch::kLong).unsqueeze(0);
+      auto next = d->forward(in).logits[0][-1].argmax().item<int64_t>();
+      expect.push_back(next);
+      seq.push_back(next);
+    }
+    EXPECT_EQ(batched.tokens[i], expect) << "prompt " << i;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, DecoderFamilies, ::testing::Values("llama", "mistral", "qwen2", "qwen3"));
 
 TEST(Decoder, FirstKLayersAndHiddenAfterLayer) {
@@ -119,6 +147,23 @@ TEST(Generation, BatchOfDifferentLengthsMatchesOneByOne) {
     auto alone = generate(d, {prompts[i]}, cfg);
     EXPECT_EQ(batched.tokens[i], alone.tokens[0]) << "prompt " << i;
   }
+}
+
+TEST(Generation, EachRowStopsAtItsFirstEos) {
+  auto d = make("llama", 7);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 12;
+  cfg.eos_ids = {-1};
+  std::vector<GenerationPrompt> prompts = {{{}, {5, 9, 11}}, {{}, {7, 8, 9, 10}}};
+  auto full = generate(d, prompts, cfg).tokens;
+  ASSERT_EQ(full[0].size(), 12u);
+  cfg.eos_ids = {full[0][2]};  // row 0 ends after two tokens (or earlier if it repeats)
+  auto cut = generate(d, prompts, cfg);
+  for (size_t r = 0; r < full.size(); ++r) {
+    auto end = std::find(full[r].begin(), full[r].end(), full[0][2]);
+    EXPECT_EQ(cut.tokens[r], std::vector<int64_t>(full[r].begin(), end)) << "row " << r;
+  }
+  EXPECT_LE(cut.tokens[0].size(), 2u);
 }
 
 TEST(Generation, SoftPrefixEqualsItsTokens) {

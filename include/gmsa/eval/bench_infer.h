@@ -27,6 +27,7 @@ struct BenchInferOptions {
   std::string device = "auto";
   std::string dtype = "auto";  // fp32 | bf16 | auto (bf16 on CUDA, fp32 on the CPU)
   uint64_t seed = 0;
+  bool cuda_graph = true;      // decode by replaying a CUDA graph (CUDA devices)
 };
 
 // One timed run (milliseconds).
@@ -45,6 +46,8 @@ struct BenchCase {
   std::vector<BenchSample> samples;
   BenchSample median;          // field-wise medians over samples
   double tokens_per_s = 0;     // batch * new_tokens / median end-to-end time
+  double answers_per_s = 0;    // batch / median end-to-end time
+  bool cuda_graph = false;     // the decoding steps replayed a CUDA graph
   int64_t peak_bytes = -1;     // CUDA: peak allocated in this case; CPU: process max RSS
 };
 

@@ -25,6 +25,9 @@ struct GenerationConfig {
   bool penalize_prompt = false;
   uint64_t seed = 0;
   std::vector<int64_t> eos_ids;  // empty: the model config's eos_token_ids
+  // On CUDA, record the decoding step once as a CUDA graph and replay it per token (see
+  // DecodeStep). Off: the same step runs eagerly. Ignored on the CPU, which has no graphs.
+  bool cuda_graph = true;
 };
 
 struct GenerationPrompt {
@@ -37,6 +40,7 @@ struct GenerationResult {
   double prefill_ms = 0;   // prompt forward + first token
   double decode_ms = 0;    // the remaining steps
   int64_t steps = 0;       // decoding steps after the first token
+  bool cuda_graph = false; // whether those steps replayed a CUDA graph
 };
 
 GenerationResult generate(Decoder& decoder, const std::vector<GenerationPrompt>& prompts,

@@ -89,6 +89,10 @@ struct AttentionContext {
   torch::Tensor mask;  // bool [B, 1, Tq, Tk], true = may attend; undefined = plain causal
   KVCache* cache = nullptr;
   int64_t layer = 0;
+  // Fixed-shape decoding (DecodeStep): write this step's keys and values at the cache column
+  // held by this [1] device tensor and attend over the whole capacity; the mask hides the
+  // columns not written yet. Undefined: append at cache->length and attend over the filled part.
+  torch::Tensor cache_slot;
 };
 
 class AttentionImpl : public torch::nn::Module {

@@ -1,0 +1,52 @@
+#pragma once
+// One decoding step of a fixed shape, driven entirely by device tensors: the token fed in, the
+// cache column it is written to, its position and the key mask all live on the device and are
+// advanced by the step itself. Nothing in it depends on host values, so on CUDA it is recorded
+// once as a CUDA graph and replayed for every new token. Dispatching a 7B decoder's ~1,000
+// small kernels from the host costs ~20 ms per token; a graph replay costs microseconds, which
+// leaves the step bound by reading the weights and the KV cache.
+#include <torch/torch.h>
+
+#include <memory>
+
+#include "gmsa/model/decoder.h"
+
+namespace gmsa {
+
+class DecodeStep {
+ public:
+  // `cache` holds the prompt's keys and values in columns [0, cache.length) and has room for
+  // every new token; `prompt_mask` [B, cache.length] marks real (1) and padding (0) columns;
+  // `next_positions` [B] are the RoPE positions of the first token this step will consume.
+  // `use_graph`: record a CUDA graph (CUDA devices only; an error elsewhere).
+  DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& prompt_mask,
+             const torch::Tensor& next_positions, bool use_graph);
+  ~DecodeStep();
+  DecodeStep(const DecodeStep&) = delete;
+  DecodeStep& operator=(const DecodeStep&) = delete;
+
+  // Consumes `tokens` [B] (device int64) and returns the next-token logits [B, V] (fp32). The
+  // returned tensor is overwritten by the next call.
+  torch::Tensor run(const torch::Tensor& tokens);
+
+  bool graphed() const { return graph_ != nullptr; }
+  // Whether this LibTorch build can record CUDA graphs.
+  static bool graphs_available();
+
+ private:
+  torch::Tensor forward();  // the recorded computation: step and advance
+
+  Decoder dec_;
+  KVCache& cache_;
+  torch::Tensor tokens_;     // [B] int64: the token consumed by the next step
+  torch::Tensor slot_;       // [1] int64: its cache column
+  torch::Tensor positions_;  // [B, 1] int64: its RoPE position per row
+  torch::Tensor key_mask_;   // [B, capacity] bool: columns a query may attend to
+  torch::Tensor columns_;    // [capacity] int64: 0..capacity-1, for the sliding window
+  torch::Tensor logits_;     // the graph's output buffer
+  struct Graph;
+  std::unique_ptr<Graph> graph_;
+  bool want_graph_;
+};
+
+}  // namespace gmsa
