@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On the GPU machine: the benchmarks behind docs/performance.md, ours and the Python reference
+# in the same call. Usage: scripts/gpu/perf.sh BUILD_DIR OUT_DIR [infer] [serve] [train] [ref]
+# (no section names: all). JSON reports and logs go to OUT_DIR.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source .gpu/device-env.sh >/dev/null
+build=${1:-build-gpu}; out=${2:-/tmp/perf}; shift 2 || true
+sections=${*:-infer serve train ref}
+mkdir -p "$out"
+g="$build/gmsa"
+want() { [[ " $sections " == *" $1 "* ]]; }
+run() {  # name, command...
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$out/commands.txt"
+  "$@" > "$out/$name.log" 2>&1; local rc=$?
+  grep -E '^\|' "$out/$name.log" || tail -5 "$out/$name.log"
+  [ $rc -eq 0 ] || echo "!! $name exited $rc"
+}
+nq="--arch llama2-7b --context-tokens 3000 --prompt-tokens 30 --new-tokens 100"
+if want infer; then
+  run infer_b1 "$g" bench infer $nq --batch 1 --rates 4,8 --repeats 5 --warmup 1 --json "$out/infer_b1.json"
+  run infer_b1_eager "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-cuda-graph --json "$out/infer_b1_eager.json"
+  run decode_attention python3 scripts/bench/decode_attention.py
+fi
+if want serve; then
+  run serve_b16 "$g" bench infer $nq --batch 16 --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b16.json"
+  for b in ${SERVE_BATCHES:-32}; do
+    run serve_b$b "$g" bench infer $nq --batch "$b" --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b$b.json"
+  done
+fi
+if want train; then
+  run train "$g" bench train --arch llama2-7b --stages ae,keft --contexts ${TRAIN_CONTEXTS:-512,3072} \
+    --batches ${TRAIN_BATCHES:-4,1} --steps 10 --warmup 3 --json "$out/train.json"
+fi
+if want ref; then
+  run ref_generate python3 scripts/bench/reference_gmsa.py generate --prompt-len 3000 --batch 1 --new-tokens 100 --json "$out/ref_generate.json"
+  run ref_serve python3 scripts/bench/reference_gmsa.py serve --batch 16 --prompt-len 3000 --rate 4 --new-tokens 100 --json "$out/ref_serve.json"
+fi
