@@ -7,6 +7,7 @@
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/eval/bench_infer.h"
 #include "gmsa/model/compat.h"
+#include "gmsa/model/fused_ops.h"
 #include "gmsa/model/pretrained.h"
 #include "gmsa/train/batching.h"
 #include "gmsa/train/flops.h"
@@ -63,7 +64,8 @@ BenchTrainReport run_bench_train(const BenchTrainOptions& o) {
                         {"torch", compat::torch_version_string()}, {"encoder_layers", o.encoder_layers},
                         {"lora_r", o.lora_r}, {"lsa_layers", o.lsa_layers}, {"rates", o.rates},
                         {"activation_checkpointing", o.activation_checkpointing},
-                        {"peak_flops", o.peak_flops}, {"steps", o.steps}, {"warmup", o.warmup}};
+                        {"peak_flops", o.peak_flops}, {"steps", o.steps}, {"warmup", o.warmup},
+                        {"fused_kernels", fused::enabled()}};
   for (const auto& stage_name : o.stages) {
     // A fresh model per stage: KEFT unties the encoder's q/k/v from the decoder.
     torch::manual_seed(o.seed);

@@ -10,6 +10,7 @@
 #include "gmsa/compressor/compressor.h"
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/model/compat.h"
+#include "gmsa/model/fused_ops.h"
 #include "gmsa/model/generation.h"
 #include "gmsa/model/pretrained.h"
 #include "gmsa/util/error.h"
@@ -220,6 +221,7 @@ ModelConfig arch_config(const std::string& name) {
 
 BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   validate(opts);
+  fused::set_enabled(opts.fused_kernels);
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};
@@ -269,6 +271,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"compressor", opts.compressor.empty() ? "random" : opts.compressor},
       {"compressor_config", compressor->config().to_json()},
       {"dtype", dtype == torch::kBFloat16 ? "bf16" : "fp32"},
+      {"fused_kernels", fused::enabled()},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},
       {"prompt_tokens", opts.prompt_tokens},

@@ -202,6 +202,11 @@ LatencyFile read_latency(const std::string& path, const nlohmann::json& j, const
                    m.at("decode_ms").get<double>(), m.at("total_ms").get<double>(),
                    m.at("generated").get<int64_t>()};
       bc.tokens_per_s = c.at("tokens_per_s").get<double>();
+      // Files written before these fields existed: derive / leave off.
+      bc.answers_per_s = c.contains("answers_per_s")
+                             ? c.at("answers_per_s").get<double>()
+                             : f.report.setup.value("batch", 1) / (bc.median.total_ms / 1000.0);
+      bc.cuda_graph = c.value("cuda_graph", false);
       bc.peak_bytes = c.at("peak_bytes").get<int64_t>();
       f.report.cases.push_back(std::move(bc));
     }

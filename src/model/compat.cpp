@@ -72,7 +72,9 @@ torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k
   auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat) * scale;
   torch::Tensor allowed = mask;
   if (!allowed.defined() && causal) allowed = causal_mask(q.size(-2), k.size(-2), q.device());
-  if (allowed.defined())
+  if (allowed.defined() && allowed.is_floating_point())
+    scores = scores + allowed.to(torch::kFloat);  // additive mask: 0 or -inf
+  else if (allowed.defined())
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   auto probs = torch::softmax(scores, -1);
   // A fully masked row (only padding queries have one) gives NaN; make it 0 instead.

@@ -61,7 +61,10 @@ torch::Tensor DecodeStep::forward() {
   key_mask_.index_fill_(1, slot_, true);
   auto allowed = key_mask_;
   if (mc.sliding_window) allowed = allowed.logical_and(columns_ > slot_ - *mc.sliding_window);
-  auto mask = allowed.unsqueeze(1).unsqueeze(1);  // [B, 1, 1, capacity]
+  // Additive (0 / -inf) rather than boolean: SDPA would convert a boolean mask in every layer.
+  auto mask = torch::zeros(allowed.sizes(), allowed.options().dtype(dec_->compute_dtype()))
+                  .masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity())
+                  .unsqueeze(1).unsqueeze(1);  // [B, 1, 1, capacity]
   auto x = dec_->embed(tokens_.unsqueeze(1));
   Rope rope = rope_tables(dec_->inv_freq, positions_, x.scalar_type());
   const int64_t layers = static_cast<int64_t>(cache_.k.size());

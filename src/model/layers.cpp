@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "gmsa/model/compat.h"
+#include "gmsa/model/fused_ops.h"
 #include "gmsa/util/error.h"
 
 namespace gmsa {
@@ -78,6 +79,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (auto y = fused::rms_norm(x, weight, eps); y.defined()) return y;
   // As transformers: normalise in fp32, cast back, then scale in the input dtype.
   auto xf = x.to(torch::kFloat);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
@@ -162,8 +164,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
     q = q_norm(q);
     k = k_norm(k);
   }
-  q = apply_rope(q.transpose(1, 2), *ctx.rope);
-  k = apply_rope(k.transpose(1, 2), *ctx.rope);
+  // [B, T, heads, D] -> [B, heads, T, D], rotated (one fused kernel when it applies).
+  auto rotate = [&](const torch::Tensor& t) {
+    auto r = fused::rope(t, ctx.rope->cos, ctx.rope->sin);
+    return r.defined() ? r : apply_rope(t.transpose(1, 2), *ctx.rope);
+  };
+  q = rotate(q);
+  k = rotate(k);
   if (ctx.cache && ctx.cache_slot.defined()) {
     auto& ck = ctx.cache->k[ctx.layer];
     auto& cv = ctx.cache->v[ctx.layer];
@@ -196,7 +203,9 @@ MLPImpl::MLPImpl(const ModelConfig& cfg) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  auto gate = gate_proj(x), up = up_proj(x);
+  auto h = fused::silu_mul(gate, up);
+  return down_proj(h.defined() ? h : torch::silu(gate) * up);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {

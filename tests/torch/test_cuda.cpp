@@ -2,6 +2,7 @@
 // attention against the written-out reference, and the GMSA pieces on the device.
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/model/compat.h"
+#include "gmsa/model/fused_ops.h"
 #include "gmsa/model/generation.h"
 #include "test_util.h"
 
@@ -115,4 +116,72 @@ TEST(Cuda, GraphDecodingEqualsEagerAndCpu) {
     const auto& full = graph.tokens[r];
     EXPECT_EQ(cut.tokens[r], std::vector<int64_t>(full.begin(), std::find(full.begin(), full.end(), gc.eos_ids[0])));
   }
+}
+
+// The fused kernels against the plain LibTorch ops they replace, on the same bf16 inputs.
+TEST(Cuda, FusedKernelsReproduceThePlainOps) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the fused CUDA kernels (no nvcc at configure time)";
+  torch::NoGradGuard g;
+  torch::manual_seed(0);
+  auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  // One bf16 rounding step apart at most (the fp32 sums differ in order only).
+  auto within_ulp = [](const torch::Tensor& a, const torch::Tensor& b) {
+    auto d = (a.to(torch::kFloat) - b.to(torch::kFloat)).abs();
+    return (d <= b.to(torch::kFloat).abs() * (1.0 / 128) + 1e-6).all().item<bool>();
+  };
+  RMSNorm norm(4096, 1e-5);
+  norm->to(torch::kCUDA, torch::kBFloat16);
+  norm->weight.normal_(1.0, 0.1);
+  auto x = torch::randn({3, 5, 4096}, bf) * 3;
+  fused::set_enabled(false);
+  auto plain_norm = norm(x);
+  fused::set_enabled(true);
+  auto fused_norm = fused::rms_norm(x, norm->weight, 1e-5);
+  ASSERT_TRUE(fused_norm.defined());
+  EXPECT_TRUE(within_ulp(fused_norm, plain_norm));
+  EXPECT_GT((fused_norm == plain_norm).to(torch::kFloat).mean().item<double>(), 0.99);
+
+  auto q = torch::randn({2, 7, 4 * 64}, bf).view({2, 7, 4, 64});  // a projection's output viewed as heads
+  auto pos = torch::arange(7, torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA)).unsqueeze(0).expand({2, 7}) + 11;
+  ModelConfig mc = gmsa::testing::tiny_config();
+  mc.head_dim = 64;
+  Rope rope = rope_tables(rope_inv_freq(mc).cuda(), pos, torch::kBFloat16);
+  auto fused_q = fused::rope(q, rope.cos, rope.sin);
+  ASSERT_TRUE(fused_q.defined());
+  EXPECT_TRUE(torch::equal(fused_q, apply_rope(q.transpose(1, 2), rope).contiguous()));
+
+  auto gate = torch::randn({6, 11008}, bf) * 4, up = torch::randn({6, 11008}, bf);
+  auto fused_h = fused::silu_mul(gate, up);
+  ASSERT_TRUE(fused_h.defined());
+  EXPECT_TRUE(within_ulp(fused_h, torch::silu(gate) * up));
+
+  // Not for autograd, CPU tensors or fp32: those run the plain ops.
+  auto wants_grad = x.clone().requires_grad_(true);
+  {
+    torch::AutoGradMode on(true);
+    EXPECT_FALSE(fused::rms_norm(wants_grad, norm->weight, 1e-5).defined());
+  }
+  EXPECT_FALSE(fused::silu_mul(gate.to(torch::kFloat), up.to(torch::kFloat)).defined());
+  EXPECT_FALSE(fused::silu_mul(gate.cpu(), up.cpu()).defined());
+}
+
+// A whole bf16 decoder with and without the kernels: the same logits within bf16 tolerance.
+TEST(Cuda, FusedDecoderMatchesPlainDecoder) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the fused CUDA kernels (no nvcc at configure time)";
+  auto cfg = gmsa::testing::tiny_config("qwen3");  // q/k norms too
+  Decoder d(cfg);
+  gmsa::testing::randomize(*d, 4);
+  d->to(torch::kCUDA, torch::kBFloat16);
+  d->set_compute_dtype(torch::kBFloat16);
+  d->eval();
+  torch::NoGradGuard g;
+  DecoderInput in;
+  in.input_ids = torch::randint(3, 97, {2, 17}, torch::kLong).cuda();
+  fused::set_enabled(false);
+  auto plain = d->forward(in).logits;
+  fused::set_enabled(true);
+  auto fast = d->forward(in).logits;
+  EXPECT_LT(rel_l2(fast, plain), 2e-2);
 }

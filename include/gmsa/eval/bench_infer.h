@@ -28,6 +28,7 @@ struct BenchInferOptions {
   std::string dtype = "auto";  // fp32 | bf16 | auto (bf16 on CUDA, fp32 on the CPU)
   uint64_t seed = 0;
   bool cuda_graph = true;      // decode by replaying a CUDA graph (CUDA devices)
+  bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
 };
 
 // One timed run (milliseconds).

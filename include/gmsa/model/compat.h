@@ -15,7 +15,8 @@ namespace gmsa::compat {
 std::string torch_version_string();
 
 // Attention over q [B,H,Tq,D], k/v [B,H,Tk,D] (k/v heads already expanded to H).
-// `mask`: bool [B,1,Tq,Tk] (true = may attend) or undefined; `causal` applies the
+// `mask`: bool [B,1,Tq,Tk] (true = may attend), additive float (0 / -inf, in q's dtype), or
+// undefined; `causal` applies the
 // bottom-right-aligned causal mask when no explicit mask is given. On LibTorch >= 2.0 this is
 // the fused scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

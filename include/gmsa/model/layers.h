@@ -86,7 +86,7 @@ struct KVCache {
 // What an attention call needs besides its input.
 struct AttentionContext {
   const Rope* rope = nullptr;
-  torch::Tensor mask;  // bool [B, 1, Tq, Tk], true = may attend; undefined = plain causal
+  torch::Tensor mask;  // bool [B, 1, Tq, Tk] (true = may attend) or additive 0/-inf; undefined = causal
   KVCache* cache = nullptr;
   int64_t layer = 0;
   // Fixed-shape decoding (DecodeStep): write this step's keys and values at the cache column

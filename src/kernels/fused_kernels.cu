@@ -1,0 +1,104 @@
+// Fused elementwise kernels for bf16 inference (docs/performance.md: at batch 1 a decoding step
+// of the 7B shape launched ~45 small kernels per layer; these replace ~25 of them).
+#include <cuda_bf16.h>
+
+#include "fused_kernels.h"
+
+namespace gmsa::kernels {
+namespace {
+
+__device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  v = threadIdx.x < warps ? warp_sums[threadIdx.x] : 0.f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __shared__ float total;
+  if (threadIdx.x == 0) total = v;
+  __syncthreads();
+  return total;
+}
+
+__global__ void rms_norm_kernel(const __nv_bfloat16* x, int64_t x_stride, const __nv_bfloat16* w,
+                                __nv_bfloat16* out, int64_t cols, float eps) {
+  const __nv_bfloat16* row = x + blockIdx.x * x_stride;
+  __nv_bfloat16* dst = out + blockIdx.x * cols;
+  float sq = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = __bfloat162float(row[c]);
+    sq += v * v;
+  }
+  const float scale = rsqrtf(block_sum(sq) / static_cast<float>(cols) + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float normed = bf(__bfloat162float(row[c]) * scale);
+    dst[c] = __float2bfloat16(__bfloat162float(w[c]) * normed);
+  }
+}
+
+// One thread per rotated pair (i, i + half) of one head of one token.
+__global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
+                            const __nv_bfloat16* cos, const __nv_bfloat16* sin, __nv_bfloat16* out,
+                            int64_t tokens, int64_t heads, int64_t dim, int64_t pairs) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= pairs) return;
+  const int64_t half = dim / 2;
+  const int64_t i = idx % half;
+  const int64_t h = (idx / half) % heads;
+  const int64_t bt = idx / (half * heads);  // b * tokens + t
+  const int64_t b = bt / tokens, t = bt % tokens;
+  const __nv_bfloat16* src = x + bt * x_token_stride + h * dim;
+  const __nv_bfloat16* c = cos + bt * dim;
+  const __nv_bfloat16* s = sin + bt * dim;
+  __nv_bfloat16* dst = out + ((b * heads + h) * tokens + t) * dim;
+  const float lo = __bfloat162float(src[i]), hi = __bfloat162float(src[i + half]);
+  // rotate_half(x) = [-x_hi, x_lo]; negation is exact in bf16.
+  dst[i] = __float2bfloat16(bf(lo * __bfloat162float(c[i])) + bf(-hi * __bfloat162float(s[i])));
+  dst[i + half] = __float2bfloat16(bf(hi * __bfloat162float(c[i + half])) +
+                                   bf(lo * __bfloat162float(s[i + half])));
+}
+
+__global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* up,
+                                __nv_bfloat16* out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float g = __bfloat162float(gate[i]);
+  const float silu = bf(g / (1.0f + expf(-g)));
+  out[i] = __float2bfloat16(silu * __bfloat162float(up[i]));
+}
+
+int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }
+
+}  // namespace
+
+void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, int64_t rows,
+                   int64_t cols, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  const int threads = cols >= 1024 ? 256 : 128;
+  rms_norm_kernel<<<rows, threads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
+                                                static_cast<const __nv_bfloat16*>(w),
+                                                static_cast<__nv_bfloat16*>(out), cols, eps);
+}
+
+void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out,
+               int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
+  const int64_t pairs = batch * tokens * heads * (dim / 2);
+  if (pairs == 0) return;
+  rope_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(x), x_token_stride, static_cast<const __nv_bfloat16*>(cos),
+      static_cast<const __nv_bfloat16*>(sin), static_cast<__nv_bfloat16*>(out), tokens, heads, dim, pairs);
+}
+
+void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
+                                                          static_cast<const __nv_bfloat16*>(up),
+                                                          static_cast<__nv_bfloat16*>(out), n);
+}
+
+}  // namespace gmsa::kernels

@@ -1,0 +1,25 @@
+#pragma once
+// Launchers of the fused CUDA kernels (src/kernels/fused_kernels.cu). Plain pointers and a
+// stream, so that nvcc never sees a LibTorch header; src/model/fused_ops.cpp wraps them.
+// Every kernel reproduces, rounding for rounding, the bf16 LibTorch ops it replaces.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace gmsa::kernels {
+
+// out[r, :] = w * bf16(x[r, :] * rsqrt(mean(x[r, :]^2) + eps)), computed in fp32 (HF's RMSNorm).
+// x and out: [rows, cols] bf16, row-contiguous with stride `x_stride` / cols; w: [cols] bf16.
+void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, int64_t rows,
+                   int64_t cols, float eps, cudaStream_t stream);
+
+// Rotary embedding with the head transpose folded in: x [B, T, heads, D] (row stride
+// `x_token_stride` between tokens), cos/sin [B, T, D] contiguous, out [B, heads, T, D]
+// contiguous: out = x * cos + rotate_half(x) * sin, each product and the sum rounded to bf16.
+void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out,
+               int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
+
+// out = bf16(silu(gate)) * up, elementwise over n contiguous bf16 values (SwiGLU's product).
+void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+
+}  // namespace gmsa::kernels
