@@ -53,6 +53,7 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
   sub->add_option("--dtype", o.dtype, "auto (bf16 on CUDA, else fp32) | fp32 | bf16")->capture_default_str();
   sub->add_option("--seed", o.seed, "Seed of the random weights and ids")->capture_default_str();
   sub->add_flag("!--no-cuda-graph", o.cuda_graph, "Decode eagerly instead of replaying a CUDA graph");
+  sub->add_flag("--skip-original", o.skip_original, "Time only the compressed cases");
   sub->add_flag("!--no-fused-kernels", o.fused_kernels, "Run the plain LibTorch ops instead of the fused CUDA kernels");
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });

@@ -259,7 +259,8 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
 
   Bench bench{decoder, compressor, context, context.to(torch::kCPU), prompt, opts, device};
   BenchInferReport report;
-  report.cases.push_back(bench.run_case(0));
+  GMSA_CHECK(!opts.skip_original || !opts.rates.empty(), "bench infer: --skip-original leaves no case to time");
+  if (!opts.skip_original) report.cases.push_back(bench.run_case(0));
   for (int64_t r : opts.rates) report.cases.push_back(bench.run_case(r));
 
   report.setup = {
@@ -301,13 +302,15 @@ std::string BenchInferReport::table() const {
       "| Case | Decoder input | Compress ms | Prefill ms | TTFT ms | Decode ms/token | End-to-end ms | Speedup | "
       "Answers/s | New tok/s | Peak MiB |\n"
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  const double base = cases.empty() ? 0 : cases.front().median.total_ms;
+  // Speedup over the original prompt, when it was timed.
+  const double base = !cases.empty() && cases.front().rate == 0 ? cases.front().median.total_ms : 0;
   for (const auto& c : cases) {
     const auto& m = c.median;
     const double per_token = m.generated > 1 ? m.decode_ms / (m.generated - 1) : 0;
-    out += fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {:.2f}x | {:.2f} | {:.1f} | {} |\n",
+    out += fmt::format("| {} | {} | {:.1f} | {:.1f} | {:.1f} | {:.2f} | {:.1f} | {} | {:.2f} | {:.1f} | {} |\n",
                        c.name, c.decoder_tokens, m.compress_ms, m.prefill_ms, m.compress_ms + m.prefill_ms,
-                       per_token, m.total_ms, base / m.total_ms, c.answers_per_s, c.tokens_per_s,
+                       per_token, m.total_ms, base > 0 ? fmt::format("{:.2f}x", base / m.total_ms) : "-",
+                       c.answers_per_s, c.tokens_per_s,
                        c.peak_bytes < 0 ? std::string("-") : fmt::format("{:.0f}", c.peak_bytes / 1048576.0));
   }
   return out;

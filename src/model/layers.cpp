@@ -44,7 +44,11 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   auto y = torch::linear(x, cast_like(weight, x), bias.defined() ? cast_like(bias, x) : torch::Tensor());
   if (!lora_A.defined()) return y;
   auto h = lora_dropout > 0 && is_training() ? F::dropout(x, F::DropoutFuncOptions().p(lora_dropout).training(true)) : x;
-  return y + torch::linear(torch::linear(h, cast_like(lora_A, x)), cast_like(lora_B, x)) * lora_scaling;
+  auto t = torch::linear(h, cast_like(lora_A, x)).reshape({-1, lora_A.size(0)});
+  // y + scaling * t B^T as one GEMM with y as its accumulator (beta 1, alpha scaling): no
+  // separate scale and add passes over the [tokens, out] output.
+  return torch::addmm(y.reshape({-1, out_features}), t, cast_like(lora_B, x).t(), 1.0, lora_scaling)
+      .view(y.sizes());
 }
 
 void LinearImpl::add_lora(const LoraSpec& spec) {

@@ -231,3 +231,23 @@ TEST(Llama2c, TruncatedFileIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("bad.bin"), std::string::npos) << e.what();
   }
 }
+
+// LoRA (Hu et al. 2021): y = x W^T + b + (alpha / r) * (x A^T) B^T, values and gradients.
+TEST(Lora, ForwardAndGradientsFollowTheDefinition) {
+  torch::manual_seed(3);
+  Linear lin(12, 10, true);
+  lin->add_lora({4, 8.0, 0.0});
+  torch::NoGradGuard off;
+  lin->lora_B.normal_(0, 0.3);
+  torch::AutoGradMode on(true);
+  auto x = torch::randn({2, 5, 12});
+  auto y = lin(x);
+  auto A = lin->lora_A.detach().clone().requires_grad_(true), Bm = lin->lora_B.detach().clone().requires_grad_(true);
+  auto expect = torch::matmul(x, lin->weight.t()) + lin->bias + 2.0 * torch::matmul(torch::matmul(x, A.t()), Bm.t());
+  EXPECT_LT(max_rel_diff(y.detach(), expect.detach()), 1e-5);
+  auto w = torch::randn({2, 5, 10});
+  (y * w).sum().backward();
+  (expect * w).sum().backward();
+  EXPECT_LT(max_rel_diff(lin->lora_A.grad(), A.grad()), 1e-5);
+  EXPECT_LT(max_rel_diff(lin->lora_B.grad(), Bm.grad()), 1e-5);
+}

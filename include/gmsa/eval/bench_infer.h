@@ -29,6 +29,7 @@ struct BenchInferOptions {
   uint64_t seed = 0;
   bool cuda_graph = true;      // decode by replaying a CUDA graph (CUDA devices)
   bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
+  bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
 };
 
 // One timed run (milliseconds).
