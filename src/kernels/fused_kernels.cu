@@ -72,6 +72,59 @@ __global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* 
   out[i] = __float2bfloat16(silu * __bfloat162float(up[i]));
 }
 
+__global__ void rms_norm_backward_kernel(const __nv_bfloat16* x, int64_t x_stride,
+                                         const __nv_bfloat16* w, const __nv_bfloat16* dy,
+                                         __nv_bfloat16* dx, int64_t cols, float eps) {
+  const __nv_bfloat16* row = x + blockIdx.x * x_stride;
+  const __nv_bfloat16* g = dy + blockIdx.x * cols;
+  __nv_bfloat16* out = dx + blockIdx.x * cols;
+  float sq = 0.f, dot = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = __bfloat162float(row[c]);
+    sq += v * v;
+    dot += __bfloat162float(g[c]) * __bfloat162float(w[c]) * v;
+  }
+  const float n = static_cast<float>(cols);
+  const float r = rsqrtf(block_sum(sq) / n + eps);
+  __syncthreads();  // block_sum's shared scratch is reused
+  const float mean_dot = block_sum(dot) / n;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float dn = __bfloat162float(g[c]) * __bfloat162float(w[c]);
+    out[c] = __float2bfloat16(r * dn - r * r * r * __bfloat162float(row[c]) * mean_dot);
+  }
+}
+
+__global__ void rope_backward_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* cos,
+                                     const __nv_bfloat16* sin, __nv_bfloat16* dx, int64_t tokens,
+                                     int64_t heads, int64_t dim, int64_t pairs) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= pairs) return;
+  const int64_t half = dim / 2;
+  const int64_t i = idx % half;
+  const int64_t h = (idx / half) % heads;
+  const int64_t bt = idx / (half * heads);
+  const int64_t b = bt / tokens, t = bt % tokens;
+  const __nv_bfloat16* src = dout + ((b * heads + h) * tokens + t) * dim;
+  const float c_lo = __bfloat162float(cos[bt * dim + i]), c_hi = __bfloat162float(cos[bt * dim + i + half]);
+  const float s_lo = __bfloat162float(sin[bt * dim + i]), s_hi = __bfloat162float(sin[bt * dim + i + half]);
+  const float g_lo = __bfloat162float(src[i]), g_hi = __bfloat162float(src[i + half]);
+  // Forward: out_lo = lo c_lo - hi s_lo, out_hi = hi c_hi + lo s_hi.
+  __nv_bfloat16* dst = dx + bt * heads * dim + h * dim;
+  dst[i] = __float2bfloat16(g_lo * c_lo + g_hi * s_hi);
+  dst[i + half] = __float2bfloat16(g_hi * c_hi - g_lo * s_lo);
+}
+
+__global__ void silu_mul_backward_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* up,
+                                         const __nv_bfloat16* dout, __nv_bfloat16* dgate,
+                                         __nv_bfloat16* dup, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), d = __bfloat162float(dout[i]);
+  const float sig = 1.0f / (1.0f + expf(-g));
+  dgate[i] = __float2bfloat16(d * u * sig * (1.0f + g * (1.0f - sig)));
+  dup[i] = __float2bfloat16(d * g * sig);
+}
+
 int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }
 
 }  // namespace
@@ -99,6 +152,33 @@ void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaS
   silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
                                                           static_cast<const __nv_bfloat16*>(up),
                                                           static_cast<__nv_bfloat16*>(out), n);
+}
+
+void rms_norm_backward_bf16(const void* x, int64_t x_stride, const void* w, const void* dy, void* dx,
+                            int64_t rows, int64_t cols, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  const int threads = cols >= 1024 ? 256 : 128;
+  rms_norm_backward_kernel<<<rows, threads, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(x), x_stride, static_cast<const __nv_bfloat16*>(w),
+      static_cast<const __nv_bfloat16*>(dy), static_cast<__nv_bfloat16*>(dx), cols, eps);
+}
+
+void rope_backward_bf16(const void* dout, const void* cos, const void* sin, void* dx, int64_t batch,
+                        int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
+  const int64_t pairs = batch * tokens * heads * (dim / 2);
+  if (pairs == 0) return;
+  rope_backward_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(dout), static_cast<const __nv_bfloat16*>(cos),
+      static_cast<const __nv_bfloat16*>(sin), static_cast<__nv_bfloat16*>(dx), tokens, heads, dim, pairs);
+}
+
+void silu_mul_backward_bf16(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
+                            int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  silu_mul_backward_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(gate), static_cast<const __nv_bfloat16*>(up),
+      static_cast<const __nv_bfloat16*>(dout), static_cast<__nv_bfloat16*>(dgate),
+      static_cast<__nv_bfloat16*>(dup), n);
 }
 
 }  // namespace gmsa::kernels

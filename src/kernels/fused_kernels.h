@@ -22,4 +22,16 @@ void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const voi
 // out = bf16(silu(gate)) * up, elementwise over n contiguous bf16 values (SwiGLU's product).
 void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 
+// Backward passes, in fp32 with one rounding to bf16 at the end.
+// RMSNorm: dx = r * (dy * w) - r^3 * x * mean((dy * w) * x), r = rsqrt(mean(x^2) + eps);
+// x as in the forward (row stride x_stride), dy and dx [rows, cols] contiguous.
+void rms_norm_backward_bf16(const void* x, int64_t x_stride, const void* w, const void* dy, void* dx,
+                            int64_t rows, int64_t cols, float eps, cudaStream_t stream);
+// RoPE: the inverse rotation of dout [B, heads, T, D] (contiguous) into dx [B, T, heads, D].
+void rope_backward_bf16(const void* dout, const void* cos, const void* sin, void* dx, int64_t batch,
+                        int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
+// SwiGLU product: dgate = dout * up * silu'(gate), dup = dout * silu(gate).
+void silu_mul_backward_bf16(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
+                            int64_t n, cudaStream_t stream);
+
 }  // namespace gmsa::kernels

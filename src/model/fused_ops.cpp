@@ -37,53 +37,142 @@ void set_enabled(bool on) { enabled_flag() = on; }
 #ifdef GMSA_HAVE_CUDA_KERNELS
 
 namespace {
-// bf16 CUDA tensors that autograd does not need to see.
-bool applies(std::initializer_list<const torch::Tensor*> ts) {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool all_bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
   if (!compiled() || !enabled_flag()) return false;
-  const bool grad = torch::GradMode::is_enabled();
   for (const auto* t : ts)
-    if (!t->is_cuda() || t->scalar_type() != torch::kBFloat16 || (grad && t->requires_grad())) return false;
+    if (!t->is_cuda() || t->scalar_type() != torch::kBFloat16) return false;
   return true;
 }
+
+bool wants_grad(std::initializer_list<const torch::Tensor*> ts) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (const auto* t : ts)
+    if (t->requires_grad()) return true;
+  return false;
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// [rows, cols] view of x with unit column stride, or undefined.
+torch::Tensor rows_of(const torch::Tensor& x) {
+  if (x.stride(-1) != 1) return {};
+  auto r = x.reshape({-1, x.size(-1)});
+  return r.stride(-1) == 1 ? r : torch::Tensor();
+}
+
+torch::Tensor rms_norm_fwd(const torch::Tensor& rows, const torch::Tensor& w, double eps, c10::IntArrayRef shape) {
+  auto out = torch::empty(shape, rows.options());
+  kernels::rms_norm_bf16(rows.data_ptr(), rows.stride(0), w.data_ptr(), out.data_ptr(), rows.size(0),
+                         rows.size(1), static_cast<float>(eps), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor w, double eps) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["eps"] = eps;
+    return rms_norm_fwd(rows_of(x), w, eps, x.sizes());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    auto rows = rows_of(x);
+    auto dy = grads[0].contiguous();
+    auto dx = torch::empty(x.sizes(), dy.options());
+    kernels::rms_norm_backward_bf16(rows.data_ptr(), rows.stride(0), w.data_ptr(), dy.data_ptr(), dx.data_ptr(),
+                                    rows.size(0), rows.size(1), static_cast<float>(eps), stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    torch::Tensor dw;
+    if (ctx->needs_input_grad(1)) {  // trained norms (LSA): dw = sum over rows of dy * bf16(x r)
+      auto normed = rms_norm_fwd(rows, torch::ones_like(w), eps, rows.sizes());
+      dw = (dy.reshape({-1, dy.size(-1)}).to(torch::kFloat) * normed.to(torch::kFloat)).sum(0).to(w.scalar_type());
+    }
+    return {dx, dw, torch::Tensor()};
+  }
+};
+
+torch::Tensor rope_fwd(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  auto out = torch::empty({B, H, T, D}, x.options());
+  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), B, T, H, D, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+struct RopeFn : torch::autograd::Function<RopeFn> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
+    ctx->save_for_backward({cos, sin});
+    return rope_fwd(x, cos, sin);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto dout = grads[0].contiguous();  // [B, H, T, D]
+    const int64_t B = dout.size(0), H = dout.size(1), T = dout.size(2), D = dout.size(3);
+    auto dx = torch::empty({B, T, H, D}, dout.options());
+    kernels::rope_backward_bf16(dout.data_ptr(), saved[0].data_ptr(), saved[1].data_ptr(), dx.data_ptr(), B, T, H,
+                                D, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor silu_mul_fwd(const torch::Tensor& gate, const torch::Tensor& up) {
+  auto out = torch::empty_like(gate);
+  kernels::silu_mul_bf16(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+struct SiluMulFn : torch::autograd::Function<SiluMulFn> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor gate, torch::Tensor up) {
+    ctx->save_for_backward({gate, up});
+    return silu_mul_fwd(gate, up);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto dout = grads[0].contiguous();
+    auto dgate = torch::empty_like(saved[0]), dup = torch::empty_like(saved[1]);
+    kernels::silu_mul_backward_bf16(saved[0].data_ptr(), saved[1].data_ptr(), dout.data_ptr(), dgate.data_ptr(),
+                                    dup.data_ptr(), dout.numel(), stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {dgate, dup};
+  }
+};
 
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  if (!applies({&x, &w}) || x.stride(-1) != 1) return {};
-  const int64_t cols = x.size(-1);
-  auto rows2d = x.reshape({-1, cols});  // a view whenever rows are evenly strided
-  if (rows2d.stride(-1) != 1 || !w.is_contiguous()) return {};
+  if (!all_bf16_cuda({&x, &w}) || !rows_of(x).defined() || !w.is_contiguous()) return {};
   c10::cuda::CUDAGuard guard(x.device());
-  auto out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
-  kernels::rms_norm_bf16(rows2d.data_ptr(), rows2d.stride(0), w.data_ptr(), out.data_ptr(), rows2d.size(0),
-                         cols, static_cast<float>(eps), c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  if (wants_grad({&x, &w})) return RmsNormFn::apply(x, w, eps);
+  return rms_norm_fwd(rows_of(x), w, eps, x.sizes());
 }
 
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  if (!applies({&x, &cos, &sin}) || x.dim() != 4) return {};
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  if (!all_bf16_cuda({&x, &cos, &sin}) || x.dim() != 4) return {};
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(3);
   // Heads and dims packed within a token; tokens evenly strided (a view of [B, T, H * D]).
   if (x.stride(3) != 1 || x.stride(2) != D || (B > 1 && x.stride(0) != T * x.stride(1))) return {};
   if (!cos.is_contiguous() || !sin.is_contiguous() || cos.size(0) != B || cos.size(2) != T) return {};
+  if (wants_grad({&cos, &sin})) return {};  // positions are never trained
   c10::cuda::CUDAGuard guard(x.device());
-  auto out = torch::empty({B, H, T, D}, x.options());
-  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), B, T, H, D,
-                     c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  if (wants_grad({&x})) return RopeFn::apply(x, cos, sin);
+  return rope_fwd(x, cos, sin);
 }
 
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
-  if (!applies({&gate, &up}) || !gate.is_contiguous() || !up.is_contiguous() || gate.sizes() != up.sizes())
+  if (!all_bf16_cuda({&gate, &up}) || !gate.is_contiguous() || !up.is_contiguous() || gate.sizes() != up.sizes())
     return {};
   c10::cuda::CUDAGuard guard(gate.device());
-  auto out = torch::empty_like(gate);
-  kernels::silu_mul_bf16(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(),
-                         c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  if (wants_grad({&gate, &up})) return SiluMulFn::apply(gate, up);
+  return silu_mul_fwd(gate, up);
 }
 
 #else

@@ -83,7 +83,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  if (auto y = fused::rms_norm(x, weight, eps); y.defined()) return y;
+  if (fused::enabled() && x.is_cuda())
+    if (auto y = fused::rms_norm(x, cast_like(weight, x), eps); y.defined()) return y;
   // As transformers: normalise in fp32, cast back, then scale in the input dtype.
   auto xf = x.to(torch::kFloat);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);

@@ -185,3 +185,95 @@ TEST(Cuda, FusedDecoderMatchesPlainDecoder) {
   auto fast = d->forward(in).logits;
   EXPECT_LT(rel_l2(fast, plain), 2e-2);
 }
+
+// Gradients through the fused kernels against autograd of the plain ops in fp32 (the bf16
+// inputs upcast), within bf16 tolerance.
+TEST(Cuda, FusedKernelBackwardsMatchAutogradOfThePlainOps) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the fused CUDA kernels (no nvcc at configure time)";
+  torch::manual_seed(1);
+  auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  // Reference: the same function of fp32 leaves; returns the gradients of sum(out * probe).
+  auto grads = [](auto fn, std::vector<torch::Tensor> ins, const torch::Tensor& probe) {
+    for (auto& t : ins) t = t.detach().clone().requires_grad_(true);
+    auto out = fn(ins);
+    (out.to(torch::kFloat) * probe.to(torch::kFloat)).sum().backward();
+    std::vector<torch::Tensor> g;
+    for (auto& t : ins) g.push_back(t.grad().to(torch::kFloat));
+    return g;
+  };
+  auto close = [](const torch::Tensor& a, const torch::Tensor& b) { return rel_l2(a, b) < 1e-2; };
+
+  auto x = torch::randn({4, 6, 512}, bf) * 2, w = (torch::randn({512}, bf) * 0.1 + 1).to(torch::kBFloat16);
+  auto probe = torch::randn({4, 6, 512}, bf);
+  auto plain_norm = [](const std::vector<torch::Tensor>& in) {
+    return in[1] * (in[0] * torch::rsqrt(in[0].pow(2).mean(-1, true) + 1e-5));
+  };
+  auto ref = grads(plain_norm, {x.to(torch::kFloat), w.to(torch::kFloat)}, probe);
+  auto got = grads([](const std::vector<torch::Tensor>& in) { return fused::rms_norm(in[0], in[1], 1e-5); },
+                   {x, w}, probe);
+  EXPECT_TRUE(close(got[0], ref[0])) << rel_l2(got[0], ref[0]);
+  EXPECT_TRUE(close(got[1], ref[1])) << rel_l2(got[1], ref[1]);
+
+  auto q = torch::randn({2, 5, 3, 64}, bf);
+  ModelConfig mc = gmsa::testing::tiny_config();
+  mc.head_dim = 64;
+  auto pos = torch::arange(5, torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA)).unsqueeze(0).expand({2, 5});
+  Rope rope = rope_tables(rope_inv_freq(mc).cuda(), pos, torch::kBFloat16);
+  Rope rope32{rope.cos.to(torch::kFloat), rope.sin.to(torch::kFloat)};
+  auto qprobe = torch::randn({2, 3, 5, 64}, bf);
+  ref = grads([&](const std::vector<torch::Tensor>& in) { return apply_rope(in[0].transpose(1, 2), rope32); },
+              {q.to(torch::kFloat)}, qprobe);
+  got = grads([&](const std::vector<torch::Tensor>& in) { return fused::rope(in[0], rope.cos, rope.sin); }, {q}, qprobe);
+  EXPECT_TRUE(close(got[0], ref[0])) << rel_l2(got[0], ref[0]);
+
+  auto gate = torch::randn({8, 300}, bf) * 3, up = torch::randn({8, 300}, bf), hprobe = torch::randn({8, 300}, bf);
+  ref = grads([](const std::vector<torch::Tensor>& in) { return torch::silu(in[0]) * in[1]; },
+              {gate.to(torch::kFloat), up.to(torch::kFloat)}, hprobe);
+  got = grads([](const std::vector<torch::Tensor>& in) { return fused::silu_mul(in[0], in[1]); }, {gate, up}, hprobe);
+  EXPECT_TRUE(close(got[0], ref[0])) << rel_l2(got[0], ref[0]);
+  EXPECT_TRUE(close(got[1], ref[1])) << rel_l2(got[1], ref[1]);
+}
+
+// A bf16 autoencoder training step with and without the kernels: the same loss and trained
+// gradients within bf16 tolerance.
+TEST(Cuda, FusedKernelsKeepTheAutoencoderStep) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the fused CUDA kernels (no nvcc at configure time)";
+  Decoder d(gmsa::testing::tiny_config("llama"));
+  gmsa::testing::randomize(*d, 6);
+  d->to(torch::kCUDA, torch::kBFloat16);
+  d->set_compute_dtype(torch::kBFloat16);
+  for (auto& p : d->parameters()) p.set_requires_grad(false);
+  CompressorConfig cc;
+  cc.encoder_layers = 2;
+  cc.lora = {4, 8.0, 0.0};
+  torch::manual_seed(3);
+  Compressor c(d, cc);
+  c->to(torch::kCUDA);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : c->named_parameters())
+      if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0, 0.05);
+  }
+  auto ids = torch::randint(3, 97, {2, 24}, torch::kLong).cuda();
+  auto lengths = torch::tensor({24, 17}).cuda(), rates = torch::tensor({4, 8}).cuda();
+  auto step = [&] {
+    for (auto& p : c->parameters()) p.mutable_grad() = torch::Tensor();
+    auto soft = c->forward(ids, lengths, rates);
+    DecoderInput in;
+    in.inputs_embeds = soft.embeds;
+    auto loss = d->forward(in).logits.logsumexp(-1).mean();
+    loss.backward();
+    std::vector<torch::Tensor> g;
+    for (auto& p : c->parameters())
+      if (p.grad().defined()) g.push_back(p.grad().flatten().to(torch::kFloat));
+    return std::make_pair(loss.item<double>(), torch::cat(g));
+  };
+  fused::set_enabled(false);
+  auto [plain_loss, plain_grad] = step();
+  fused::set_enabled(true);
+  auto [fused_loss, fused_grad] = step();
+  EXPECT_NEAR(fused_loss, plain_loss, 1e-2 * std::abs(plain_loss));
+  EXPECT_LT(rel_l2(fused_grad, plain_grad), 5e-2);
+}

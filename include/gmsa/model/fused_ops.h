@@ -1,9 +1,11 @@
 #pragma once
 // Fused CUDA kernels for the hot elementwise chains of a LLaMA block (RMSNorm, RoPE, SwiGLU's
-// product), used for bf16 tensors on CUDA when no gradient is needed: inference, the frozen
-// compressor's forward, the CUDA-graph decoding step. Each function returns an undefined
-// tensor when its kernel does not apply (CPU, another dtype, autograd, a CPU-only build) and
-// the caller runs the plain LibTorch ops, which define the semantics the kernels reproduce.
+// product) on bf16 CUDA tensors, with their own backward kernels under autograd: profiling the
+// autoencoder step put ~45% of its GPU time in elementwise kernels (docs/performance.md).
+// Each function returns an undefined tensor when its kernel does not apply (CPU, another
+// dtype, unsupported strides, a CPU-only build) and the caller runs the plain LibTorch ops,
+// which define the semantics: forwards reproduce their bf16 rounding step for step; backwards
+// run in fp32 and round once.
 #include <torch/torch.h>
 
 namespace gmsa::fused {
