@@ -39,8 +39,13 @@ fi
 if want train; then
   run train "$g" bench train --arch llama2-7b --stages ae,keft --contexts ${TRAIN_CONTEXTS:-512,3072} \
     --batches ${TRAIN_BATCHES:-4,1} --steps 10 --warmup 3 --json "$out/train.json"
+  # The reference runs rates 4 alone at 3072 x 1; so does this row.
+  run train_3072_rate4 "$g" bench train --arch llama2-7b --stages ae --contexts 3072 --batches 1 --rates 4 \
+    --steps 10 --warmup 3 --json "$out/train_3072_rate4.json"
 fi
 if want ref; then
+  run ref_ae_512 python3 scripts/bench/reference_gmsa.py ae-step --context 512 --batch 4 --rates 4,8 --steps 10 --warmup 3 --json "$out/ref_ae_512.json"
+  run ref_ae_3072 python3 scripts/bench/reference_gmsa.py ae-step --context 3072 --batch 1 --rates 4 --steps 10 --warmup 3 --json "$out/ref_ae_3072.json"
   run ref_generate python3 scripts/bench/reference_gmsa.py generate --prompt-len 3000 --batch 1 --new-tokens 100 --json "$out/ref_generate.json"
   run ref_serve python3 scripts/bench/reference_gmsa.py serve --batch 16 --prompt-len 3000 --rate 4 --new-tokens 100 --json "$out/ref_serve.json"
 fi

@@ -156,11 +156,15 @@ TEST(Cuda, FusedKernelsReproduceThePlainOps) {
   ASSERT_TRUE(fused_h.defined());
   EXPECT_TRUE(within_ulp(fused_h, torch::silu(gate) * up));
 
-  // Not for autograd, CPU tensors or fp32: those run the plain ops.
+  // Under autograd the kernels run inside autograd functions (their backward is tested below);
+  // CPU tensors and fp32 run the plain ops.
   auto wants_grad = x.clone().requires_grad_(true);
   {
     torch::AutoGradMode on(true);
-    EXPECT_FALSE(fused::rms_norm(wants_grad, norm->weight, 1e-5).defined());
+    auto y = fused::rms_norm(wants_grad, norm->weight, 1e-5);
+    ASSERT_TRUE(y.defined());
+    EXPECT_TRUE(y.requires_grad());
+    EXPECT_TRUE(torch::equal(y.detach(), fused_norm));
   }
   EXPECT_FALSE(fused::silu_mul(gate.to(torch::kFloat), up.to(torch::kFloat)).defined());
   EXPECT_FALSE(fused::silu_mul(gate.cpu(), up.cpu()).defined());
