@@ -20,9 +20,11 @@ run() {  # name, command...
 nq="--arch llama2-7b --context-tokens 3000 --prompt-tokens 30 --new-tokens 100"
 if want infer; then
   run infer_b1 "$g" bench infer $nq --batch 1 --rates 4,8 --repeats 5 --warmup 1 --json "$out/infer_b1.json"
+  if [ "${ABLATIONS:-1}" = 1 ]; then
   run infer_b1_eager "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-cuda-graph --json "$out/infer_b1_eager.json"
   run infer_b1_plain_ops "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-fused-kernels --json "$out/infer_b1_plain_ops.json"
   run decode_attention python3 scripts/bench/decode_attention.py
+  fi
 fi
 if want serve; then
   run serve_b16 "$g" bench infer $nq --batch 16 --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b16.json"
