@@ -2,9 +2,10 @@
 // One decoding step of a fixed shape, driven entirely by device tensors: the token fed in, the
 // cache column it is written to, its position and the key mask all live on the device and are
 // advanced by the step itself. Nothing in it depends on host values, so on CUDA it is recorded
-// once as a CUDA graph and replayed for every new token. Dispatching a 7B decoder's ~1,000
-// small kernels from the host costs ~20 ms per token; a graph replay costs microseconds, which
-// leaves the step bound by reading the weights and the KV cache.
+// once as a CUDA graph and replayed for every new token. Dispatching a 7B decoder's small
+// kernels one by one from the host made a batch-1 step take 26.6 ms on an H100; replayed as a
+// graph it takes 9.3 ms (7.8 with the fused kernels), bound by reading the weights and the
+// KV cache (docs/performance.md).
 #include <torch/torch.h>
 
 #include <memory>
