@@ -42,21 +42,28 @@ __global__ void rms_norm_kernel(const __nv_bfloat16* x, int64_t x_stride, const 
   }
 }
 
+// The rotated pair (i, i + half) of head h of token t of row b handled by thread `idx`.
+struct RopePair {
+  int64_t tokens, heads, half, i, h, bt, b, t;  // bt = b * tokens + t
+  __device__ RopePair(int64_t idx, int64_t tokens_, int64_t heads_, int64_t dim)
+      : tokens(tokens_), heads(heads_), half(dim / 2), i(idx % half), h((idx / half) % heads),
+        bt(idx / (half * heads)), b(bt / tokens), t(bt % tokens) {}
+  // Row of this (b, h, t) in a [B, heads, T, D] tensor.
+  __device__ int64_t head_major_row() const { return (b * heads + h) * tokens + t; }
+};
+
 // One thread per rotated pair (i, i + half) of one head of one token.
 __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
                             const __nv_bfloat16* cos, const __nv_bfloat16* sin, __nv_bfloat16* out,
                             int64_t tokens, int64_t heads, int64_t dim, int64_t pairs) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= pairs) return;
-  const int64_t half = dim / 2;
-  const int64_t i = idx % half;
-  const int64_t h = (idx / half) % heads;
-  const int64_t bt = idx / (half * heads);  // b * tokens + t
-  const int64_t b = bt / tokens, t = bt % tokens;
-  const __nv_bfloat16* src = x + bt * x_token_stride + h * dim;
-  const __nv_bfloat16* c = cos + bt * dim;
-  const __nv_bfloat16* s = sin + bt * dim;
-  __nv_bfloat16* dst = out + ((b * heads + h) * tokens + t) * dim;
+  const RopePair p(idx, tokens, heads, dim);
+  const int64_t i = p.i, half = p.half;
+  const __nv_bfloat16* src = x + p.bt * x_token_stride + p.h * dim;
+  const __nv_bfloat16* c = cos + p.bt * dim;
+  const __nv_bfloat16* s = sin + p.bt * dim;
+  __nv_bfloat16* dst = out + p.head_major_row() * dim;
   const float lo = __bfloat162float(src[i]), hi = __bfloat162float(src[i + half]);
   // rotate_half(x) = [-x_hi, x_lo]; negation is exact in bf16.
   dst[i] = __float2bfloat16(bf(lo * __bfloat162float(c[i])) + bf(-hi * __bfloat162float(s[i])));
@@ -100,17 +107,14 @@ __global__ void rope_backward_kernel(const __nv_bfloat16* dout, const __nv_bfloa
                                      int64_t heads, int64_t dim, int64_t pairs) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= pairs) return;
-  const int64_t half = dim / 2;
-  const int64_t i = idx % half;
-  const int64_t h = (idx / half) % heads;
-  const int64_t bt = idx / (half * heads);
-  const int64_t b = bt / tokens, t = bt % tokens;
-  const __nv_bfloat16* src = dout + ((b * heads + h) * tokens + t) * dim;
+  const RopePair p(idx, tokens, heads, dim);
+  const int64_t i = p.i, half = p.half, bt = p.bt;
+  const __nv_bfloat16* src = dout + p.head_major_row() * dim;
   const float c_lo = __bfloat162float(cos[bt * dim + i]), c_hi = __bfloat162float(cos[bt * dim + i + half]);
   const float s_lo = __bfloat162float(sin[bt * dim + i]), s_hi = __bfloat162float(sin[bt * dim + i + half]);
   const float g_lo = __bfloat162float(src[i]), g_hi = __bfloat162float(src[i + half]);
   // Forward: out_lo = lo c_lo - hi s_lo, out_hi = hi c_hi + lo s_hi.
-  __nv_bfloat16* dst = dx + bt * heads * dim + h * dim;
+  __nv_bfloat16* dst = dx + bt * heads * dim + p.h * dim;
   dst[i] = __float2bfloat16(g_lo * c_lo + g_hi * s_hi);
   dst[i + half] = __float2bfloat16(g_hi * c_hi - g_lo * s_lo);
 }

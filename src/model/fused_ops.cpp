@@ -149,10 +149,12 @@ struct SiluMulFn : torch::autograd::Function<SiluMulFn> {
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  if (!all_bf16_cuda({&x, &w}) || !rows_of(x).defined() || !w.is_contiguous()) return {};
+  if (!all_bf16_cuda({&x, &w}) || !w.is_contiguous()) return {};
+  auto rows = rows_of(x);
+  if (!rows.defined()) return {};
   c10::cuda::CUDAGuard guard(x.device());
   if (wants_grad({&x, &w})) return RmsNormFn::apply(x, w, eps);
-  return rms_norm_fwd(rows_of(x), w, eps, x.sizes());
+  return rms_norm_fwd(rows, w, eps, x.sizes());
 }
 
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {

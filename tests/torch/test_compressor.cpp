@@ -9,6 +9,7 @@
 #include "test_util.h"
 
 using namespace gmsa;
+using gmsa::testing::small_compressor;
 using gmsa::testing::max_rel_diff;
 
 namespace {
@@ -26,24 +27,12 @@ torch::Tensor naive_merge(const torch::Tensor& states, const torch::Tensor& mask
   return torch::stack(out);
 }
 
-CompressorConfig small_compressor(const std::string& method) {
-  CompressorConfig c;
-  c.method = method;
-  c.encoder_layers = 2;
-  c.lora = {4, 8.0, 0.0};
-  c.tcp_max_memory = 32;
-  return c;
-}
-
 GmsaModel tiny_gmsa(const std::string& method, uint64_t seed = 0) {
   Decoder d(gmsa::testing::tiny_config("llama"));
   gmsa::testing::randomize(*d, seed);
   for (auto& p : d->parameters()) p.set_requires_grad(false);
   Compressor c(d, small_compressor(method));
-  // LoRA B starts at zero; give it values so the adapters matter in the tests.
-  torch::NoGradGuard g;
-  for (auto& p : c->named_parameters())
-    if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0, 0.05);
+  gmsa::testing::randomize_lora_b(*c);
   GmsaModel m(d, c);
   m.decoder->eval();
   m.compressor->eval();

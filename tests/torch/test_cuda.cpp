@@ -61,11 +61,8 @@ TEST(Cuda, CompressorAndGenerationMatchCpu) {
   Decoder d(gmsa::testing::tiny_config("llama"));
   gmsa::testing::randomize(*d, 2);
   for (auto& p : d->parameters()) p.set_requires_grad(false);
-  CompressorConfig cc;
-  cc.encoder_layers = 2;
-  cc.lora = {4, 8.0, 0.0};
   torch::manual_seed(3);
-  Compressor c(d, cc);
+  Compressor c(d, gmsa::testing::small_compressor());
   d->eval();
   c->eval();
   torch::NoGradGuard g;
@@ -249,17 +246,10 @@ TEST(Cuda, FusedKernelsKeepTheAutoencoderStep) {
   d->to(torch::kCUDA, torch::kBFloat16);
   d->set_compute_dtype(torch::kBFloat16);
   for (auto& p : d->parameters()) p.set_requires_grad(false);
-  CompressorConfig cc;
-  cc.encoder_layers = 2;
-  cc.lora = {4, 8.0, 0.0};
   torch::manual_seed(3);
-  Compressor c(d, cc);
+  Compressor c(d, gmsa::testing::small_compressor());
   c->to(torch::kCUDA);
-  {
-    torch::NoGradGuard g;
-    for (auto& p : c->named_parameters())
-      if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0, 0.05);
-  }
+  gmsa::testing::randomize_lora_b(*c);
   auto ids = torch::randint(3, 97, {2, 24}, torch::kLong).cuda();
   auto lengths = torch::tensor({24, 17}).cuda(), rates = torch::tensor({4, 8}).cuda();
   auto step = [&] {

@@ -8,6 +8,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "gmsa/compressor/compressor_config.h"
 #include "gmsa/model/config.h"
 
 namespace gmsa::testing {
@@ -61,6 +62,23 @@ inline ModelConfig tiny_config(const std::string& type = "llama") {
   c.eos_token_ids = {2};
   c.qk_norm = type == "qwen3";
   return c;
+}
+
+// A compressor small enough for the tiny models: 2 encoder layers, LoRA r 4, no dropout.
+inline CompressorConfig small_compressor(const std::string& method = "gmsa") {
+  CompressorConfig c;
+  c.method = method;
+  c.encoder_layers = 2;
+  c.lora = {4, 8.0, 0.0};
+  c.tcp_max_memory = 32;
+  return c;
+}
+
+// LoRA B starts at zero; give it values so that the adapters matter in a test.
+inline void randomize_lora_b(torch::nn::Module& m) {
+  torch::NoGradGuard g;
+  for (auto& p : m.named_parameters())
+    if (p.key().find("lora_B") != std::string::npos) p.value().normal_(0, 0.05);
 }
 
 // Random weights of a realistic scale (the default init leaves RMSNorm at 1).
