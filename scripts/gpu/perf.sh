@@ -23,7 +23,10 @@ if want infer; then
   if [ "${ABLATIONS:-1}" = 1 ]; then
   run infer_b1_eager "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-cuda-graph --json "$out/infer_b1_eager.json"
   run infer_b1_plain_ops "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-fused-kernels --json "$out/infer_b1_plain_ops.json"
+  run infer_b1_no_decode_kernels "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-decode-kernels --json "$out/infer_b1_no_decode_kernels.json"
+  run infer_b1_cublas_gemv "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --cublas-gemv --json "$out/infer_b1_cublas_gemv.json"
   run decode_attention python3 scripts/bench/decode_attention.py
+  run decode_gemv python3 scripts/bench/decode_gemv.py
   fi
 fi
 if want serve; then

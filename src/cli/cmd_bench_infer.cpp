@@ -55,6 +55,9 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
   sub->add_flag("!--no-cuda-graph", o.cuda_graph, "Decode eagerly instead of replaying a CUDA graph");
   sub->add_flag("--skip-original", o.skip_original, "Time only the compressed cases");
   sub->add_flag("!--no-fused-kernels", o.fused_kernels, "Run the plain LibTorch ops instead of the fused CUDA kernels");
+  sub->add_flag("!--no-decode-kernels", o.decode_kernels,
+                "Decode through the layers' forward instead of the decoding kernels (split-KV attention, ...)");
+  sub->add_flag("!--cublas-gemv", o.custom_gemv, "Batch-1 decoding GEMVs through cuBLAS instead of our kernel");
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });
 });

@@ -10,6 +10,7 @@
 #include "gmsa/compressor/compressor.h"
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/model/compat.h"
+#include "gmsa/model/decode_ops.h"
 #include "gmsa/model/fused_ops.h"
 #include "gmsa/model/generation.h"
 #include "gmsa/model/pretrained.h"
@@ -98,6 +99,7 @@ Decoder random_decoder(const ModelConfig& cfg, torch::Device device, torch::Scal
   torch::NoGradGuard g;
   for (auto& p : dec->named_parameters(true))
     if (p.key().find("norm") == std::string::npos) p.value().normal_(0.0, 0.02);
+  dec->pack_projections();  // as load_pretrained does
   return dec;
 }
 
@@ -111,7 +113,7 @@ struct Bench {
   torch::Device device;
 
   // One timed run of a case: compress (rate > 0), then generate exactly new_tokens.
-  BenchSample once(int64_t rate, int64_t* decoder_tokens, bool* graphed) {
+  BenchSample once(int64_t rate, int64_t* decoder_tokens, BenchCase* c) {
     torch::NoGradGuard no_grad;
     const int64_t B = context.size(0), L = context.size(1);
     const auto& mc = decoder->config();
@@ -144,7 +146,8 @@ struct Bench {
     gen.eos_ids = {-1};            // never stop early: every run decodes new_tokens
     gen.cuda_graph = opts.cuda_graph;
     auto res = generate(decoder, prompts, gen);
-    *graphed = res.cuda_graph;
+    c->cuda_graph = res.cuda_graph;
+    c->decode_kernels = res.decode_kernels;
     s.total_ms = ms_since(t0);
     s.prefill_ms = res.prefill_ms;
     s.decode_ms = res.decode_ms;
@@ -157,8 +160,8 @@ struct Bench {
     c.rate = rate;
     c.name = rate > 0 ? fmt::format("{}@{}x", compressor->config().method, rate) : "original";
     reset_peak_memory(device);
-    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, &c.decoder_tokens, &c.cuda_graph);
-    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, &c.decoder_tokens, &c.cuda_graph));
+    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, &c.decoder_tokens, &c);
+    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, &c.decoder_tokens, &c));
     c.peak_bytes = peak_memory(device);
     c.median = median_sample(c.samples);
     c.tokens_per_s = opts.batch * opts.new_tokens / (c.median.total_ms / 1000.0);
@@ -222,6 +225,8 @@ ModelConfig arch_config(const std::string& name) {
 BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   validate(opts);
   fused::set_enabled(opts.fused_kernels);
+  decode_ops::set_enabled(opts.decode_kernels);
+  decode_ops::set_custom_gemv(opts.custom_gemv);
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};
@@ -273,6 +278,8 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"compressor_config", compressor->config().to_json()},
       {"dtype", dtype == torch::kBFloat16 ? "bf16" : "fp32"},
       {"fused_kernels", fused::enabled()},
+      {"decode_kernels", decode_ops::enabled()},
+      {"custom_gemv", decode_ops::custom_gemv()},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},
       {"prompt_tokens", opts.prompt_tokens},
@@ -292,6 +299,7 @@ nlohmann::json BenchInferReport::to_json() const {
     cases_json.push_back({{"name", c.name}, {"rate", c.rate}, {"decoder_tokens", c.decoder_tokens},
                           {"median", sample_json(c.median)}, {"tokens_per_s", c.tokens_per_s},
                           {"answers_per_s", c.answers_per_s}, {"cuda_graph", c.cuda_graph},
+                          {"decode_kernels", c.decode_kernels},
                           {"peak_bytes", c.peak_bytes}, {"samples", samples}});
   }
   return {{"setup", setup}, {"cases", cases_json}};

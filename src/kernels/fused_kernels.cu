@@ -3,28 +3,11 @@
 // the CUDA-graph decoding step is a chain of small launches (docs/performance.md).
 #include <cuda_bf16.h>
 
+#include "common.cuh"
 #include "fused_kernels.h"
 
 namespace gmsa::kernels {
 namespace {
-
-__device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
-
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float warp_sums[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  const int warps = (blockDim.x + 31) / 32;
-  v = threadIdx.x < warps ? warp_sums[threadIdx.x] : 0.f;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __shared__ float total;
-  if (threadIdx.x == 0) total = v;
-  __syncthreads();
-  return total;
-}
 
 __global__ void rms_norm_kernel(const __nv_bfloat16* x, int64_t x_stride, const __nv_bfloat16* w,
                                 __nv_bfloat16* out, int64_t cols, float eps) {
@@ -71,13 +54,14 @@ __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
                                    bf(lo * __bfloat162float(s[i + half])));
 }
 
-__global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* up,
-                                __nv_bfloat16* out, int64_t n) {
+__global__ void silu_mul_kernel(const __nv_bfloat16* gate, int64_t gate_stride, const __nv_bfloat16* up,
+                                int64_t up_stride, __nv_bfloat16* out, int64_t cols, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float g = __bfloat162float(gate[i]);
+  const int64_t r = i / cols, c = i % cols;
+  const float g = __bfloat162float(gate[r * gate_stride + c]);
   const float silu = bf(g / (1.0f + expf(-g)));
-  out[i] = __float2bfloat16(silu * __bfloat162float(up[i]));
+  out[i] = __float2bfloat16(silu * __bfloat162float(up[r * up_stride + c]));
 }
 
 __global__ void rms_norm_backward_kernel(const __nv_bfloat16* x, int64_t x_stride,
@@ -130,8 +114,6 @@ __global__ void silu_mul_backward_kernel(const __nv_bfloat16* gate, const __nv_b
   dup[i] = __float2bfloat16(d * g * sig);
 }
 
-int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }
-
 }  // namespace
 
 void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, int64_t rows,
@@ -152,11 +134,13 @@ void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const voi
       static_cast<const __nv_bfloat16*>(sin), static_cast<__nv_bfloat16*>(out), tokens, heads, dim, pairs);
 }
 
-void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
+void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,
+                   int64_t rows, int64_t cols, cudaStream_t stream) {
+  const int64_t n = rows * cols;
   if (n == 0) return;
-  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
-                                                          static_cast<const __nv_bfloat16*>(up),
-                                                          static_cast<__nv_bfloat16*>(out), n);
+  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate), gate_stride,
+                                                          static_cast<const __nv_bfloat16*>(up), up_stride,
+                                                          static_cast<__nv_bfloat16*>(out), cols, n);
 }
 
 void rms_norm_backward_bf16(const void* x, int64_t x_stride, const void* w, const void* dy, void* dx,

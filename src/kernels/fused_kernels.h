@@ -19,8 +19,10 @@ void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, in
 void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out,
                int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
 
-// out = bf16(silu(gate)) * up, elementwise over n contiguous bf16 values (SwiGLU's product).
-void silu_mul_bf16(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+// out = bf16(silu(gate)) * up (SwiGLU's product) over [rows, cols] bf16: gate and up rows at
+// their own strides (views of one packed gate/up projection, or contiguous), out contiguous.
+void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,
+                   int64_t rows, int64_t cols, cudaStream_t stream);
 
 // Backward passes, in fp32 with one rounding to bf16 at the end.
 // RMSNorm: dx = r * (dy * w) - r^3 * x * mean((dy * w) * x), r = rsqrt(mean(x^2) + eps);

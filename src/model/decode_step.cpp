@@ -1,6 +1,10 @@
 #include "gmsa/model/decode_step.h"
 
+#include <cmath>
+
 #include "gmsa/model/compat.h"
+#include "gmsa/model/decode_ops.h"
+#include "gmsa/model/fused_ops.h"
 #include "gmsa/util/error.h"
 
 // CUDA graphs exist in CUDA builds of LibTorch 2.x (whose CMake package puts the CUDA headers
@@ -52,11 +56,88 @@ DecodeStep::DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& pro
   columns_ = torch::arange(capacity, longs);
   auto& inv_freq = dec_->inv_freq;
   if (inv_freq.device() != device) inv_freq = inv_freq.to(device);
+  fast_ = kernels_apply();
+}
+
+bool DecodeStep::kernels_apply() const {
+  const auto& mc = dec_->config();
+  const auto bf16 = torch::kBFloat16;
+  const auto& k0 = cache_.k.at(0);
+  if (!decode_ops::enabled() || dec_->compute_dtype() != bf16 || mc.qk_norm || !k0.is_cuda() ||
+      k0.scalar_type() != bf16 || static_cast<int64_t>(cache_.k.size()) != mc.num_hidden_layers ||
+      !decode_ops::attention_supports(mc.head_dim) || mc.num_attention_heads % mc.num_key_value_heads != 0)
+    return false;
+  auto body = dec_->model;
+  if (body->norm->weight.scalar_type() != bf16) return false;
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
+    auto layer = body->layer(i);
+    auto& attn = layer->self_attn;
+    auto& mlp = layer->mlp;
+    if (!attn->packed_qkv().defined() || !mlp->packed_gate_up().defined() || attn->o_proj->has_lora() ||
+        mlp->down_proj->has_lora())
+      return false;
+    for (const auto& w : {attn->packed_qkv().weight, mlp->packed_gate_up().weight, attn->o_proj->weight,
+                          mlp->down_proj->weight, layer->input_layernorm->weight,
+                          layer->post_attention_layernorm->weight})
+      if (w.scalar_type() != bf16) return false;
+  }
+  return true;
+}
+
+// The kernels' preconditions were checked when the step was built; an undefined result here
+// means something changed since.
+static torch::Tensor checked(torch::Tensor t, const char* what) {
+  GMSA_CHECK(t.defined(), "decode step: the {} kernel no longer applies to this model", what);
+  return t;
+}
+
+torch::Tensor DecodeStep::forward_kernels() {
+  const auto& mc = dec_->config();
+  const int64_t B = tokens_.size(0), D = mc.head_dim;
+  key_mask_.index_fill_(1, slot_, true);
+  auto allowed = key_mask_;
+  if (mc.sliding_window) allowed = allowed.logical_and(columns_ > slot_ - *mc.sliding_window);
+  Rope rope = rope_tables(dec_->inv_freq, positions_, dec_->compute_dtype());
+  auto cos = rope.cos.reshape({B, D}), sin = rope.sin.reshape({B, D});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  auto body = dec_->model;
+  // The residual stream and the sub-block output still to be added to it: each add is fused
+  // with the RMSNorm that follows it.
+  torch::Tensor resid = dec_->embed(tokens_), delta, normed = body->layer(0)->input_layernorm(resid);
+  auto add_norm = [&](const RMSNorm& norm) {
+    auto [h, n] = decode_ops::add_rms_norm(resid, delta, norm->weight, norm->eps);
+    resid = checked(h, "add + RMSNorm");
+    normed = n;
+  };
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
+    auto layer = body->layer(i);
+    auto& attn = layer->self_attn;
+    if (i > 0) add_norm(layer->input_layernorm);
+    auto qkv_w = attn->packed_qkv();
+    auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
+    auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
+                                               mc.num_key_value_heads), "RoPE + KV store");
+    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale), "attention");
+    delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
+    add_norm(layer->post_attention_layernorm);
+    auto gu_w = layer->mlp->packed_gate_up();
+    auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
+    const int64_t I = gu.size(-1) / 2;
+    auto h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
+    delta = decode_ops::linear(h, layer->mlp->down_proj->weight, layer->mlp->down_proj->bias);
+  }
+  add_norm(body->norm);
+  const auto& head = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
+  auto logits = decode_ops::linear(normed, head.to(normed.scalar_type())).to(torch::kFloat);
+  positions_.add_(1);
+  slot_.add_(1);
+  return logits;
 }
 
 DecodeStep::~DecodeStep() = default;
 
 torch::Tensor DecodeStep::forward() {
+  if (fast_) return forward_kernels();
   const auto& mc = dec_->config();
   key_mask_.index_fill_(1, slot_, true);
   auto allowed = key_mask_;

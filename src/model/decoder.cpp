@@ -32,6 +32,14 @@ DecoderImpl::DecoderImpl(const ModelConfig& cfg) : cfg_(cfg) {
   inv_freq = rope_inv_freq(cfg_);
 }
 
+void DecoderImpl::pack_projections() {
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    auto layer = model->layer(i);
+    layer->self_attn->pack_projections();
+    layer->mlp->pack_projections();
+  }
+}
+
 torch::Tensor DecoderImpl::embed(const torch::Tensor& ids) {
   return model->embed_tokens(ids).to(compute_dtype_);
 }

@@ -123,9 +123,11 @@ struct RopeFn : torch::autograd::Function<RopeFn> {
   }
 };
 
-torch::Tensor silu_mul_fwd(const torch::Tensor& gate, const torch::Tensor& up) {
-  auto out = torch::empty_like(gate);
-  kernels::silu_mul_bf16(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(), stream());
+// gate, up: [rows, cols] views with unit column stride (rows may be strided).
+torch::Tensor silu_mul_fwd(const torch::Tensor& gate, const torch::Tensor& up, c10::IntArrayRef shape) {
+  auto out = torch::empty(shape, gate.options());
+  kernels::silu_mul_bf16(gate.data_ptr(), gate.stride(0), up.data_ptr(), up.stride(0), out.data_ptr(), gate.size(0),
+                         gate.size(1), stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -133,7 +135,7 @@ torch::Tensor silu_mul_fwd(const torch::Tensor& gate, const torch::Tensor& up) {
 struct SiluMulFn : torch::autograd::Function<SiluMulFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor gate, torch::Tensor up) {
     ctx->save_for_backward({gate, up});
-    return silu_mul_fwd(gate, up);
+    return silu_mul_fwd(rows_of(gate), rows_of(up), gate.sizes());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -170,11 +172,14 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
 }
 
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
-  if (!all_bf16_cuda({&gate, &up}) || !gate.is_contiguous() || !up.is_contiguous() || gate.sizes() != up.sizes())
-    return {};
+  if (!all_bf16_cuda({&gate, &up}) || gate.sizes() != up.sizes()) return {};
   c10::cuda::CUDAGuard guard(gate.device());
-  if (wants_grad({&gate, &up})) return SiluMulFn::apply(gate, up);
-  return silu_mul_fwd(gate, up);
+  if (wants_grad({&gate, &up}))  // the backward kernel reads contiguous inputs
+    return gate.is_contiguous() && up.is_contiguous() ? SiluMulFn::apply(gate, up) : torch::Tensor();
+  // Strided rows: the two halves of a packed gate/up projection.
+  auto g = rows_of(gate), u = rows_of(up);
+  if (!g.defined() || !u.defined()) return {};
+  return silu_mul_fwd(g, u, gate.sizes());
 }
 
 #else

@@ -170,6 +170,7 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
   if (!stop && N > 1) {
     res.cuda_graph = cfg.cuda_graph && device.is_cuda();
     DecodeStep step(dec, cache, batch.mask, positions.select(1, T - 1) + 1, res.cuda_graph);
+    res.decode_kernels = step.uses_decode_kernels();
     for (; produced < N; ++produced) {
       next = pick(step.run(next), produced);
       if ((produced + 1) % kEosCheckEvery == 0 && all_finished()) {

@@ -76,6 +76,52 @@ void LinearImpl::untie_base() {
   if (bias.defined()) bias = set_parameter("bias", bias.detach().clone(), false);
 }
 
+// ---------------------------------------------------------------- packed projections
+
+PackedProjections PackedProjections::pack(const std::vector<Linear>& layers) {
+  GMSA_CHECK(!layers.empty(), "pack: no layers");
+  const auto& first = layers.front()->weight;
+  const bool with_bias = layers.front()->bias.defined();
+  for (const auto& l : layers) {
+    const auto& w = l->weight;
+    if (l->has_lora() || l->bias.defined() != with_bias || w.size(1) != first.size(1) ||
+        w.scalar_type() != first.scalar_type() || w.device() != first.device())
+      return {};
+  }
+  torch::NoGradGuard no_grad;
+  PackedProjections p;
+  std::vector<torch::Tensor> ws, bs;
+  for (const auto& l : layers) {
+    ws.push_back(l->weight);
+    if (with_bias) bs.push_back(l->bias);
+  }
+  p.weight = torch::cat(ws, 0);
+  if (with_bias) p.bias = torch::cat(bs, 0);
+  int64_t row = 0;
+  for (auto l : layers) {
+    const int64_t n = l->out_features;
+    l->weight = l->set_parameter("weight", p.weight.narrow(0, row, n), l->weight.requires_grad());
+    if (with_bias) l->bias = l->set_parameter("bias", p.bias.narrow(0, row, n), l->bias.requires_grad());
+    row += n;
+  }
+  return p;
+}
+
+bool PackedProjections::intact(const std::vector<Linear>& layers) const {
+  if (!weight.defined()) return false;
+  int64_t row = 0;
+  for (const auto& l : layers) {
+    const int64_t n = l->out_features;
+    auto view_of = [&](const torch::Tensor& t, const torch::Tensor& packed) {
+      return t.defined() && t.scalar_type() == packed.scalar_type() && t.device() == packed.device() &&
+             t.is_contiguous() && t.data_ptr() == packed.narrow(0, row, n).data_ptr();
+    };
+    if (l->has_lora() || !view_of(l->weight, weight) || (bias.defined() && !view_of(l->bias, bias))) return false;
+    row += n;
+  }
+  return row == weight.size(0);
+}
+
 // ---------------------------------------------------------------- RMSNorm
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
@@ -160,11 +206,30 @@ static torch::Tensor repeat_kv(const torch::Tensor& x, int64_t groups) {
   return x.unsqueeze(2).expand({s[0], s[1], groups, s[2], s[3]}).reshape({s[0], s[1] * groups, s[2], s[3]});
 }
 
+void AttentionImpl::pack_projections() { qkv_ = PackedProjections::pack({q_proj, k_proj, v_proj}); }
+
+PackedProjections AttentionImpl::packed_qkv() {
+  if (qkv_.defined() && !qkv_.intact({q_proj, k_proj, v_proj})) qkv_ = {};  // frees the stale copy
+  return qkv_;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project_qkv(const torch::Tensor& x) {
+  if (!torch::GradMode::is_enabled()) {
+    if (auto p = packed_qkv(); p.defined() && p.weight.scalar_type() == x.scalar_type()) {
+      auto parts = torch::linear(x, p.weight, p.bias)
+                       .split_with_sizes({q_proj->out_features, k_proj->out_features, v_proj->out_features}, -1);
+      return {parts[0], parts[1], parts[2]};
+    }
+  }
+  return {q_proj(x), k_proj(x), v_proj(x)};
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, num_heads, head_dim});
-  auto k = k_proj(x).view({B, T, num_kv_heads, head_dim});
-  auto v = v_proj(x).view({B, T, num_kv_heads, head_dim}).transpose(1, 2);
+  auto [q_all, k_all, v_all] = project_qkv(x);
+  auto q = q_all.view({B, T, num_heads, head_dim});
+  auto k = k_all.view({B, T, num_kv_heads, head_dim});
+  auto v = v_all.view({B, T, num_kv_heads, head_dim}).transpose(1, 2);
   if (!q_norm.is_empty()) {
     q = q_norm(q);
     k = k_norm(k);
@@ -207,8 +272,24 @@ MLPImpl::MLPImpl(const ModelConfig& cfg) {
   down_proj = register_module("down_proj", Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias));
 }
 
+void MLPImpl::pack_projections() { gate_up_ = PackedProjections::pack({gate_proj, up_proj}); }
+
+PackedProjections MLPImpl::packed_gate_up() {
+  if (gate_up_.defined() && !gate_up_.intact({gate_proj, up_proj})) gate_up_ = {};
+  return gate_up_;
+}
+
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  auto gate = gate_proj(x), up = up_proj(x);
+  torch::Tensor gate, up;
+  auto p = torch::GradMode::is_enabled() ? PackedProjections() : packed_gate_up();
+  if (p.defined() && p.weight.scalar_type() == x.scalar_type()) {
+    auto parts = torch::linear(x, p.weight, p.bias).chunk(2, -1);
+    gate = parts[0];
+    up = parts[1];
+  } else {
+    gate = gate_proj(x);
+    up = up_proj(x);
+  }
   auto h = fused::silu_mul(gate, up);
   return down_proj(h.defined() ? h : torch::silu(gate) * up);
 }

@@ -55,6 +55,7 @@ PretrainedModel load_pretrained(const std::string& path, const LoadOptions& opts
     fail("{}: neither a Hugging Face model directory nor a llama2.c checkpoint", path);
   }
   out.decoder->to(opts.device, opts.dtype);
+  out.decoder->pack_projections();
   out.decoder->set_compute_dtype(opts.dtype);
   out.decoder->eval();
   for (auto& p : out.decoder->parameters()) p.set_requires_grad(false);

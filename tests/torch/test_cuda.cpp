@@ -2,6 +2,8 @@
 // attention against the written-out reference, and the GMSA pieces on the device.
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/model/compat.h"
+#include "gmsa/model/decode_ops.h"
+#include "gmsa/model/decode_step.h"
 #include "gmsa/model/fused_ops.h"
 #include "gmsa/model/generation.h"
 #include "test_util.h"
@@ -270,4 +272,115 @@ TEST(Cuda, FusedKernelsKeepTheAutoencoderStep) {
   auto [fused_loss, fused_grad] = step();
   EXPECT_NEAR(fused_loss, plain_loss, 1e-2 * std::abs(plain_loss));
   EXPECT_LT(rel_l2(fused_grad, plain_grad), 5e-2);
+}
+
+// The decoding step's kernels against the plain ops on the same bf16 inputs.
+TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  torch::NoGradGuard g;
+  torch::manual_seed(1);
+  auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  auto longs = torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA);
+  auto within_ulp = [](const torch::Tensor& a, const torch::Tensor& b) {
+    auto d = (a.to(torch::kFloat) - b.to(torch::kFloat)).abs();
+    return (d <= b.to(torch::kFloat).abs() * (1.0 / 128) + 1e-6).all().item<bool>();
+  };
+  // Residual add + RMSNorm.
+  RMSNorm norm(4096, 1e-5);
+  norm->to(torch::kCUDA, torch::kBFloat16);
+  norm->weight.normal_(1.0, 0.1);
+  auto x = torch::randn({3, 4096}, bf) * 2, y = torch::randn({3, 4096}, bf);
+  auto [h, normed] = decode_ops::add_rms_norm(x, y, norm->weight, 1e-5);
+  ASSERT_TRUE(h.defined());
+  EXPECT_TRUE(torch::equal(h, x + y));
+  fused::set_enabled(false);
+  auto plain_norm = norm(x + y);
+  fused::set_enabled(true);
+  EXPECT_TRUE(within_ulp(normed, plain_norm));
+  EXPECT_GT((normed == plain_norm).to(torch::kFloat).mean().item<double>(), 0.99);
+
+  // RoPE + KV store from a packed q/k/v row (strided: a view of a wider tensor).
+  const int64_t B = 2, H = 4, Hkv = 2, D = 64, cap = 9;
+  auto wide = torch::randn({B, (H + 2 * Hkv) * D + 8}, bf);
+  auto qkv = wide.narrow(1, 0, (H + 2 * Hkv) * D);
+  ModelConfig mc = gmsa::testing::tiny_config();
+  mc.head_dim = D;
+  Rope rope = rope_tables(rope_inv_freq(mc).cuda(), torch::tensor({13, 40}, longs).view({B, 1}), torch::kBFloat16);
+  auto kc = torch::zeros({B, Hkv, cap, D}, bf), vc = torch::zeros({B, Hkv, cap, D}, bf);
+  auto slot = torch::full({1}, 5, longs);
+  auto q = decode_ops::rope_store_kv(qkv, rope.cos.reshape({B, D}), rope.sin.reshape({B, D}), kc, vc, slot, H, Hkv);
+  ASSERT_TRUE(q.defined());
+  auto heads = [&](int64_t first, int64_t n) { return qkv.narrow(1, first * D, n * D).reshape({B, 1, n, D}); };
+  EXPECT_TRUE(torch::equal(q, apply_rope(heads(0, H).transpose(1, 2), rope).squeeze(2)));
+  EXPECT_TRUE(torch::equal(kc.select(2, 5), apply_rope(heads(H, Hkv).transpose(1, 2), rope).squeeze(2)));
+  EXPECT_TRUE(torch::equal(vc.select(2, 5), heads(H + Hkv, Hkv).squeeze(1)));
+  EXPECT_EQ(kc.abs().sum(2).ne(0).sum().item<int64_t>(), kc.select(2, 5).ne(0).sum().item<int64_t>());
+
+  // Split-KV attention (GQA, holes in the mask, columns after the slot ignored) against fp32.
+  for (int64_t dim : {32, 64, 128, 256}) {
+    const int64_t b = 3, heads_q = 8, heads_kv = 2, capacity = 700, last = 650;
+    auto qq = torch::randn({b, heads_q, dim}, bf), k = torch::randn({b, heads_kv, capacity, dim}, bf),
+         v = torch::randn({b, heads_kv, capacity, dim}, bf);
+    auto mask = torch::rand({b, capacity}, torch::TensorOptions().device(torch::kCUDA)) > 0.3;
+    mask[2].fill_(false);  // a row with nothing to attend to gets zeros
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    auto out = decode_ops::attention(qq, k, v, mask, torch::full({1}, last, longs), scale);
+    ASSERT_TRUE(out.defined()) << dim;
+    auto allowed = mask.logical_and(torch::arange(capacity, longs) <= last);
+    auto kf = k.to(torch::kFloat).repeat_interleave(heads_q / heads_kv, 1), vf = v.to(torch::kFloat).repeat_interleave(heads_q / heads_kv, 1);
+    auto scores = torch::matmul(qq.to(torch::kFloat).unsqueeze(2), kf.transpose(2, 3)).squeeze(2) * scale;
+    scores = scores.masked_fill(allowed.logical_not().unsqueeze(1), -INFINITY);
+    auto ref = torch::matmul(torch::softmax(scores, -1).unsqueeze(2), vf).squeeze(2).nan_to_num(0.0);
+    auto got = out.view({b, heads_q, dim}).to(torch::kFloat);
+    EXPECT_LT(rel_l2(got.narrow(0, 0, 2), ref.narrow(0, 0, 2)), 1e-2) << "head_dim " << dim;
+    EXPECT_EQ(got[2].abs().sum().item<double>(), 0.0) << "head_dim " << dim;
+  }
+
+  // GEMV against fp32 (row count not a multiple of the rows per warp).
+  auto w = torch::randn({1003, 4096}, bf) * 0.02, xr = torch::randn({1, 4096}, bf);
+  auto yr = decode_ops::linear(xr, w);
+  auto ref = torch::matmul(xr.to(torch::kFloat), w.to(torch::kFloat).t());
+  EXPECT_LT(rel_l2(yr, ref), 1e-2);
+}
+
+// Greedy decoding through the decoding kernels gives the tokens of the layers' own step
+// (bf16, packed projections, left-padded batch, sliding window, GQA, head_dim 64).
+TEST(Cuda, DecodeKernelsKeepTheGeneratedTokens) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  for (const char* family : {"llama", "mistral", "qwen2"}) {
+    auto cfg = gmsa::testing::tiny_config(family);
+    cfg.hidden_size = 256;
+    cfg.intermediate_size = 512;
+    cfg.num_attention_heads = 4;
+    cfg.num_key_value_heads = 2;
+    cfg.head_dim = 64;
+    if (std::string(family) == "mistral") cfg.sliding_window = 6;
+    Decoder d(cfg);
+    gmsa::testing::randomize(*d, 7);
+    d->eval();
+    d->to(torch::kCUDA, torch::kBFloat16);
+    d->set_compute_dtype(torch::kBFloat16);
+    d->pack_projections();
+    std::vector<GenerationPrompt> prompts = {{{}, {5, 9, 11}}, {{}, {7, 8, 9, 10, 12, 30, 31}}, {{}, {40}}};
+    GenerationConfig gc;
+    gc.max_new_tokens = 12;
+    gc.eos_ids = {-1};
+    for (bool gemv : {true, false}) {
+      decode_ops::set_custom_gemv(gemv);
+      decode_ops::set_enabled(false);
+      auto plain = generate(d, prompts, gc);
+      decode_ops::set_enabled(true);
+      auto fast = generate(d, prompts, gc);
+      EXPECT_FALSE(plain.decode_kernels);
+      EXPECT_TRUE(fast.decode_kernels) << family;
+      EXPECT_EQ(fast.tokens, plain.tokens) << family << " gemv " << gemv;
+      // Batch 1: the GEMV kernel's shape.
+      auto one_plain = (decode_ops::set_enabled(false), generate(d, {prompts[1]}, gc));
+      auto one_fast = (decode_ops::set_enabled(true), generate(d, {prompts[1]}, gc));
+      EXPECT_EQ(one_fast.tokens, one_plain.tokens) << family << " batch 1, gemv " << gemv;
+    }
+    decode_ops::set_custom_gemv(true);
+  }
 }

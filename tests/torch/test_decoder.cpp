@@ -251,3 +251,59 @@ TEST(Lora, ForwardAndGradientsFollowTheDefinition) {
   EXPECT_LT(max_rel_diff(lin->lora_A.grad(), A.grad()), 1e-5);
   EXPECT_LT(max_rel_diff(lin->lora_B.grad(), Bm.grad()), 1e-5);
 }
+
+// Packed projections: q/k/v (gate/up) weights become views of one tensor and no-grad forwards
+// run one GEMM per group; the model's function, names and trainability are unchanged.
+TEST_P(DecoderFamilies, PackedProjectionsKeepTheFunction) {
+  auto plain = make(GetParam(), 4), packed = make(GetParam(), 4);
+  packed->pack_projections();
+  auto names = [](torch::nn::Module& m) {
+    std::vector<std::string> out;
+    for (const auto& p : m.named_parameters(true)) out.push_back(p.key());
+    return out;
+  };
+  EXPECT_EQ(names(*packed), names(*plain));
+  auto attn = packed->model->layer(0)->self_attn;
+  auto pq = attn->packed_qkv();
+  ASSERT_TRUE(pq.defined());
+  EXPECT_EQ(pq.weight.size(0), attn->q_proj->out_features + 2 * attn->k_proj->out_features);
+  EXPECT_TRUE(packed->model->layer(0)->mlp->packed_gate_up().defined());
+  auto ids = random_ids(2, 9, 97, 5);
+  {
+    torch::NoGradGuard g;
+    EXPECT_LT(max_rel_diff(packed->forward({ids}).logits, plain->forward({ids}).logits), 1e-5);
+  }
+  // With gradients recorded the separate projections run: the same ops as the plain model.
+  EXPECT_TRUE(torch::equal(packed->forward({ids}).logits, plain->forward({ids}).logits));
+  // Loading into a projection (copy_) writes through to the packed tensor.
+  {
+    torch::NoGradGuard g;
+    for (auto* d : {&plain, &packed}) (*d)->model->layer(0)->self_attn->k_proj->weight.mul_(1.5);
+    EXPECT_TRUE(attn->packed_qkv().defined());
+    EXPECT_LT(max_rel_diff(packed->forward({ids}).logits, plain->forward({ids}).logits), 1e-5);
+  }
+}
+
+TEST(PackedProjections, ReplacedOrAdaptedWeightsBreakThePack) {
+  auto d = make("llama", 6);
+  d->pack_projections();
+  auto layer = d->model->layer(0);
+  layer->self_attn->v_proj->untie_base();  // a private copy: no longer a view of the pack
+  EXPECT_FALSE(layer->self_attn->packed_qkv().defined());
+  EXPECT_TRUE(layer->mlp->packed_gate_up().defined());
+  layer->mlp->up_proj->add_lora({2, 4.0, 0.0});
+  EXPECT_FALSE(layer->mlp->packed_gate_up().defined());
+  // Layers with LoRA are not packed in the first place.
+  auto e = make("llama", 6);
+  e->model->layer(0)->self_attn->q_proj->add_lora({2, 4.0, 0.0});
+  e->pack_projections();
+  EXPECT_FALSE(e->model->layer(0)->self_attn->packed_qkv().defined());
+  EXPECT_TRUE(e->model->layer(1)->self_attn->packed_qkv().defined());
+  // Unpacked layers compute what an unpacked model computes.
+  auto plain = make("llama", 6);
+  plain->model->layer(0)->mlp->up_proj->add_lora({2, 4.0, 0.0});
+  torch::NoGradGuard g;
+  plain->model->layer(0)->mlp->up_proj->lora_A.copy_(layer->mlp->up_proj->lora_A);
+  auto ids = random_ids(1, 7, 97, 7);
+  EXPECT_LT(max_rel_diff(d->forward({ids}).logits, plain->forward({ids}).logits), 1e-5);
+}

@@ -29,6 +29,8 @@ struct BenchInferOptions {
   uint64_t seed = 0;
   bool cuda_graph = true;      // decode by replaying a CUDA graph (CUDA devices)
   bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
+  bool decode_kernels = true;  // the decoding step's kernels (decode_ops.h) where they apply
+  bool custom_gemv = true;     // batch-1 GEMV kernel instead of cuBLAS in that step
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
 };
 
@@ -50,6 +52,7 @@ struct BenchCase {
   double tokens_per_s = 0;     // batch * new_tokens / median end-to-end time
   double answers_per_s = 0;    // batch / median end-to-end time
   bool cuda_graph = false;     // the decoding steps replayed a CUDA graph
+  bool decode_kernels = false; // ... and ran the decoding kernels
   int64_t peak_bytes = -1;     // CUDA: peak allocated in this case; CPU: process max RSS
 };
 

@@ -4,8 +4,8 @@
 // advanced by the step itself. Nothing in it depends on host values, so on CUDA it is recorded
 // once as a CUDA graph and replayed for every new token. Dispatching a 7B decoder's small
 // kernels one by one from the host made a batch-1 step take 26.6 ms on an H100; replayed as a
-// graph it takes 9.3 ms (7.8 with the fused kernels), bound by reading the weights and the
-// KV cache (docs/performance.md).
+// graph it takes 9.3 ms (7.8 with the fused kernels); forward_kernels() cuts the launches per
+// layer further (docs/performance.md).
 #include <torch/torch.h>
 
 #include <memory>
@@ -31,11 +31,18 @@ class DecodeStep {
   torch::Tensor run(const torch::Tensor& tokens);
 
   bool graphed() const { return graph_ != nullptr; }
+  // Whether the step runs the decoding kernels (decode_ops.h) rather than the layers' forward.
+  bool uses_decode_kernels() const { return fast_; }
   // Whether this LibTorch build can record CUDA graphs.
   static bool graphs_available();
 
  private:
   torch::Tensor forward();  // the recorded computation: step and advance
+  // The same step through the decoding kernels: packed q/k/v and gate/up GEMVs, RoPE fused with
+  // the cache store, split-KV attention, each residual add fused with the next RMSNorm: ~10
+  // launches per layer instead of ~18.
+  torch::Tensor forward_kernels();
+  bool kernels_apply() const;
 
   Decoder dec_;
   KVCache& cache_;
@@ -48,6 +55,7 @@ class DecodeStep {
   struct Graph;
   std::unique_ptr<Graph> graph_;
   bool want_graph_;
+  bool fast_ = false;
 };
 
 }  // namespace gmsa

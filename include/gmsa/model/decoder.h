@@ -63,6 +63,10 @@ class DecoderImpl : public torch::nn::Module {
   // The dtype activations are computed in (parameters are cast on use).
   torch::ScalarType compute_dtype() const { return compute_dtype_; }
   void set_compute_dtype(torch::ScalarType t) { compute_dtype_ = t; }
+  // Inference: each block's q/k/v and gate/up weights become views of one packed tensor per
+  // group (PackedProjections), so no-grad forwards and decoding run one GEMM per group. Call
+  // once the weights are on their final device and dtype (load_pretrained does).
+  void pack_projections();
   // Recompute each layer in backward instead of keeping its activations.
   void set_activation_checkpointing(bool on) { checkpointing_ = on; }
 

@@ -41,6 +41,7 @@ struct GenerationResult {
   double decode_ms = 0;    // the remaining steps
   int64_t steps = 0;       // decoding steps after the first token
   bool cuda_graph = false; // whether those steps replayed a CUDA graph
+  bool decode_kernels = false;  // whether they ran the decoding kernels (decode_ops.h)
 };
 
 GenerationResult generate(Decoder& decoder, const std::vector<GenerationPrompt>& prompts,

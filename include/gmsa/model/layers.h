@@ -55,6 +55,22 @@ class LinearImpl : public ModuleBase {
 };
 TORCH_MODULE(Linear);
 
+// Projections that read the same input (q/k/v; gate/up), stored as row blocks of one tensor
+// so that inference runs one GEMM (one GEMV when decoding) instead of several. The Linears'
+// own weight and bias become views of the packed tensors: parameter names, shapes and
+// checkpoints are unchanged, and loading into them (copy_) updates the packed tensor.
+struct PackedProjections {
+  torch::Tensor weight, bias;  // [sum of out_features, in]; bias undefined if the layers have none
+  // Packs `layers` (same input size, dtype and device, no LoRA, all or none with a bias);
+  // leaves them untouched and returns an empty pack otherwise.
+  static PackedProjections pack(const std::vector<Linear>& layers);
+  // Whether every layer's weight (and bias) is still the view made by pack(): a layer whose
+  // parameter was replaced (private copy, fp32 master, Module::to, LoRA) breaks the pack, and
+  // the caller must run the layers one by one.
+  bool intact(const std::vector<Linear>& layers) const;
+  bool defined() const { return weight.defined(); }
+};
+
 class RMSNormImpl : public ModuleBase {
  public:
   RMSNormImpl(int64_t dim, double eps);
@@ -99,9 +115,18 @@ class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // q, k and v of x ([B, T, heads * D] views), from the packed projection when it is intact
+  // and no gradient is recorded (training keeps the separate GEMMs and their backward).
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> project_qkv(const torch::Tensor& x);
+  void pack_projections();
+  // The packed q/k/v projection, or undefined when not packed (or no longer intact).
+  PackedProjections packed_qkv();
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
   int64_t num_heads, num_kv_heads, head_dim;
+
+ private:
+  PackedProjections qkv_;
 };
 TORCH_MODULE(Attention);
 
@@ -109,7 +134,13 @@ class MLPImpl : public torch::nn::Module {
  public:
   explicit MLPImpl(const ModelConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x);
+  void pack_projections();
+  // The packed gate/up projection ([2 * intermediate, hidden]), or undefined.
+  PackedProjections packed_gate_up();
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  PackedProjections gate_up_;
 };
 TORCH_MODULE(MLP);
 

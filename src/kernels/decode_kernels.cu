@@ -1,0 +1,324 @@
+// Kernels of the CUDA-graph decoding step: one new token per row against a static KV cache.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "common.cuh"
+#include "decode_kernels.h"
+
+namespace gmsa::kernels {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// ---------------------------------------------------------------- residual add + RMSNorm
+
+__global__ void add_rms_norm_kernel(const bf16* x, const bf16* y, const bf16* w, bf16* h, bf16* normed,
+                                    int64_t cols, float eps) {
+  const int64_t off = blockIdx.x * cols;
+  float sq = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = bf(__bfloat162float(x[off + c]) + __bfloat162float(y[off + c]));
+    h[off + c] = __float2bfloat16(v);
+    sq += v * v;
+  }
+  const float scale = rsqrtf(block_sum(sq) / static_cast<float>(cols) + eps);
+  // Each thread reads back only what it wrote itself: no barrier needed.
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+    normed[off + c] = __float2bfloat16(__bfloat162float(w[c]) * bf(__bfloat162float(h[off + c]) * scale));
+}
+
+// ---------------------------------------------------------------- RoPE + KV store
+
+// One thread per pair (i, i + half) of one head of one row; heads are numbered over the packed
+// projection: H query heads, then Hkv key heads, then Hkv value heads.
+__global__ void rope_store_kv_kernel(const bf16* qkv, int64_t qkv_stride, const bf16* cos, const bf16* sin,
+                                     bf16* q_out, bf16* k_cache, bf16* v_cache, const int64_t* slot,
+                                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity,
+                                     int64_t pairs) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= pairs) return;
+  const int64_t half = dim / 2, all_heads = heads + 2 * kv_heads;
+  const int64_t i = idx % half, hh = (idx / half) % all_heads, b = idx / (half * all_heads);
+  const bf16* src = qkv + b * qkv_stride + hh * dim;
+  const int64_t s = *slot;
+  if (hh >= heads + kv_heads) {  // values: stored as they are
+    bf16* dst = v_cache + ((b * kv_heads + (hh - heads - kv_heads)) * capacity + s) * dim;
+    dst[i] = src[i];
+    dst[i + half] = src[i + half];
+    return;
+  }
+  bf16* dst = hh < heads ? q_out + (b * heads + hh) * dim
+                         : k_cache + ((b * kv_heads + (hh - heads)) * capacity + s) * dim;
+  const bf16* c = cos + b * dim;
+  const bf16* sn = sin + b * dim;
+  const float lo = __bfloat162float(src[i]), hi = __bfloat162float(src[i + half]);
+  // As the plain ops: x * cos + rotate_half(x) * sin, each product and the sum rounded.
+  dst[i] = __float2bfloat16(bf(lo * __bfloat162float(c[i])) + bf(-hi * __bfloat162float(sn[i])));
+  dst[i + half] = __float2bfloat16(bf(hi * __bfloat162float(c[i + half])) + bf(lo * __bfloat162float(sn[i + half])));
+}
+
+// ---------------------------------------------------------------- split-KV decode attention
+
+// E consecutive bf16 values as floats, in one load of 2 * E bytes.
+template <int E>
+__device__ __forceinline__ void load_bf16(const bf16* p, float (&out)[E]) {
+  if constexpr (E == 1) {
+    out[0] = __bfloat162float(*p);
+  } else if constexpr (E == 2) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    out[0] = f.x;
+    out[1] = f.y;
+  } else {
+    using Vec = std::conditional_t<E == 4, uint2, uint4>;
+    const Vec u = *reinterpret_cast<const Vec*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int j = 0; j < E / 2; ++j) {
+      const float2 f = __bfloat1622float2(h[j]);
+      out[2 * j] = f.x;
+      out[2 * j + 1] = f.y;
+    }
+  }
+}
+
+constexpr int kAttnWarps = 4;
+constexpr int kKeysInFlight = 4;  // keys each warp loads before it reduces: memory parallelism
+
+// Block (split, h, b): online softmax over its share of the columns, one warp per sub-range,
+// each lane holding E = D / 32 dims; the block's warps are merged through shared memory and
+// written as (max, sum, unnormalised output[D]) to the workspace.
+template <int E>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    decode_attention_split_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
+                                  const int64_t* slot, float* workspace, int64_t heads, int64_t kv_heads,
+                                  int64_t capacity, int64_t splits, float scale) {
+  constexpr int D = 32 * E;
+  const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t live = slot ? min(*slot + 1, capacity) : capacity;  // later columns are unwritten
+  const int64_t chunk = (live + splits - 1) / splits;
+  const int64_t start = min(live, split * chunk), end = min(live, start + chunk);
+  const int64_t per_warp = (end - start + kAttnWarps - 1) / kAttnWarps;
+  const int64_t w_start = min(end, start + warp * per_warp), w_end = min(end, w_start + per_warp);
+
+  const int64_t kvh = h / (heads / kv_heads);
+  const bf16* kb = k_cache + (b * kv_heads + kvh) * capacity * D + lane * E;
+  const bf16* vb = v_cache + (b * kv_heads + kvh) * capacity * D + lane * E;
+  const bool* mb = key_mask + b * capacity;
+  float qf[E];
+  load_bf16<E>(q + (b * heads + h) * D + lane * E, qf);
+
+  float m = -INFINITY, l = 0.f, acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysInFlight) {
+    float kf[kKeysInFlight][E], vf[kKeysInFlight][E], s[kKeysInFlight];
+    bool ok[kKeysInFlight];
+#pragma unroll
+    for (int u = 0; u < kKeysInFlight; ++u) {
+      const int64_t j = j0 + u;
+      ok[u] = j < w_end && mb[j];
+      if (j < w_end) {
+        load_bf16<E>(kb + j * D, kf[u]);
+        load_bf16<E>(vb + j * D, vf[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) kf[u][e] = vf[u][e] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kKeysInFlight; ++u) {
+      s[u] = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) s[u] += qf[e] * kf[u][e];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int u = 0; u < kKeysInFlight; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+    float mx = m;
+#pragma unroll
+    for (int u = 0; u < kKeysInFlight; ++u) {
+      s[u] = ok[u] ? s[u] * scale : -INFINITY;
+      mx = fmaxf(mx, s[u]);
+    }
+    if (mx == -INFINITY) continue;  // warp-uniform: nothing allowed yet
+    const float corr = __expf(m - mx);
+    float p[kKeysInFlight], psum = 0.f;
+#pragma unroll
+    for (int u = 0; u < kKeysInFlight; ++u) {
+      p[u] = __expf(s[u] - mx);
+      psum += p[u];
+    }
+    l = l * corr + psum;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float a = acc[e] * corr;
+#pragma unroll
+      for (int u = 0; u < kKeysInFlight; ++u) a += p[u] * vf[u][e];
+      acc[e] = a;
+    }
+    m = mx;
+  }
+
+  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
+  __shared__ float sm_acc[kAttnWarps][D];
+  if (lane == 0) {
+    sm_m[warp] = m;
+    sm_l[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) sm_acc[warp][lane * E + e] = acc[e];
+  __syncthreads();
+  float big = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kAttnWarps; ++w) big = fmaxf(big, sm_m[w]);
+  float* out = workspace + ((b * heads + h) * splits + split) * (D + 2);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w] != -INFINITY) a += sm_acc[w][d] * __expf(sm_m[w] - big);
+    out[2 + d] = a;
+  }
+  if (threadIdx.x == 0) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w] != -INFINITY) sum += sm_l[w] * __expf(sm_m[w] - big);
+    out[0] = big;
+    out[1] = sum;
+  }
+}
+
+// Block (h, b), one thread per dim: merges the splits' partial results.
+__global__ void decode_attention_merge_kernel(const float* workspace, bf16* out, int64_t heads, int64_t dim,
+                                              int64_t splits) {
+  const int64_t h = blockIdx.x, b = blockIdx.y;
+  const int d = threadIdx.x;
+  const float* base = workspace + (b * heads + h) * splits * (dim + 2);
+  float big = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) big = fmaxf(big, base[s * (dim + 2)]);
+  float sum = 0.f, a = 0.f;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* part = base + s * (dim + 2);
+    if (part[0] == -INFINITY) continue;
+    const float f = __expf(part[0] - big);
+    sum += part[1] * f;
+    a += part[2 + d] * f;
+  }
+  out[(b * heads + h) * dim + d] = __float2bfloat16(sum > 0.f ? a / sum : 0.f);
+}
+
+// ---------------------------------------------------------------- GEMV
+
+constexpr int kGemvRows = 4;    // outputs per warp: each x load serves four weight rows
+constexpr int kGemvThreads = 256;
+
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 fx = __bfloat1622float2(x[j]), fy = __bfloat1622float2(y[j]);
+    s += fx.x * fy.x + fx.y * fy.y;
+  }
+  return s;
+}
+
+// Warp w computes outputs [w * kGemvRows, w * kGemvRows + kGemvRows); lane l reads 8 values
+// (16 bytes) of each row per step, 256 values per warp step.
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* w, const bf16* x, bf16* y, int64_t n,
+                                                            int64_t k) {
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t row0 = warp * kGemvRows;
+  if (row0 >= n) return;
+  const int rows = static_cast<int>(n - row0 < kGemvRows ? n - row0 : kGemvRows);
+  float sum[kGemvRows] = {};
+#pragma unroll 2
+  for (int64_t c = lane * 8; c < k; c += 256) {
+    const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
+    uint4 wv[kGemvRows];
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      if (r < rows) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c));  // read once: stream
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      if (r < rows) sum[r] += dot8(wv[r], xv);
+  }
+#pragma unroll
+  for (int r = 0; r < kGemvRows; ++r)
+    for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
+  if (lane == 0)
+    for (int r = 0; r < rows; ++r) y[row0 + r] = __float2bfloat16(sum[r]);
+}
+
+}  // namespace
+
+void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
+                       int64_t cols, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  const int threads = cols >= 1024 ? 256 : 128;
+  add_rms_norm_kernel<<<rows, threads, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(y),
+                                                    static_cast<const bf16*>(w), static_cast<bf16*>(h),
+                                                    static_cast<bf16*>(normed), cols, eps);
+}
+
+void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
+                        void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
+                        int64_t kv_heads, int64_t dim, int64_t capacity, cudaStream_t stream) {
+  const int64_t pairs = batch * (heads + 2 * kv_heads) * (dim / 2);
+  if (pairs == 0) return;
+  rope_store_kv_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
+      static_cast<const bf16*>(qkv), qkv_stride, static_cast<const bf16*>(cos), static_cast<const bf16*>(sin),
+      static_cast<bf16*>(q_out), static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), slot, heads, kv_heads,
+      dim, capacity, pairs);
+}
+
+bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || dim == 128 || dim == 256; }
+
+int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms) {
+  const int64_t blocks = std::max<int64_t>(batch * heads, 1);
+  int64_t s = (4 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
+  s = std::min(s, (capacity + 127) / 128);  // at least ~32 columns per warp
+  return std::clamp<int64_t>(s, 1, 64);
+}
+
+void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
+                           const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
+                           int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
+                           cudaStream_t stream) {
+  if (batch == 0 || heads == 0) return;
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
+  const auto* qp = static_cast<const bf16*>(q);
+  const auto* kp = static_cast<const bf16*>(k_cache);
+  const auto* vp = static_cast<const bf16*>(v_cache);
+#define GMSA_DECODE_ATTENTION(E)                                                                              \
+  decode_attention_split_kernel<E><<<grid, kAttnWarps * 32, 0, stream>>>(qp, kp, vp, key_mask, slot, workspace, \
+                                                                         heads, kv_heads, capacity, splits, scale)
+  switch (dim) {
+    case 32: GMSA_DECODE_ATTENTION(1); break;
+    case 64: GMSA_DECODE_ATTENTION(2); break;
+    case 128: GMSA_DECODE_ATTENTION(4); break;
+    case 256: GMSA_DECODE_ATTENTION(8); break;
+    default: return;  // the caller checks decode_attention_supports()
+  }
+#undef GMSA_DECODE_ATTENTION
+  decode_attention_merge_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batch)),
+                                  static_cast<unsigned>(dim), 0, stream>>>(workspace, static_cast<bf16*>(out), heads,
+                                                                           dim, splits);
+}
+
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, cudaStream_t stream) {
+  if (n == 0) return;
+  const int64_t warps = (n + kGemvRows - 1) / kGemvRows;
+  gemv_kernel<<<blocks_for(warps * 32, kGemvThreads), kGemvThreads, 0, stream>>>(
+      static_cast<const bf16*>(w), static_cast<const bf16*>(x), static_cast<bf16*>(y), n, k);
+}
+
+}  // namespace gmsa::kernels

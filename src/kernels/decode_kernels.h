@@ -1,0 +1,46 @@
+#pragma once
+// Launchers of the decoding kernels (src/kernels/decode_kernels.cu): one new token per row
+// against a static KV cache, the shape of every CUDA-graph decoding step. At batch 1 the step
+// is a chain of ~18 small launches per layer whose fixed costs, not the weight read, made the
+// difference between 7.8 ms and the 5.0 ms floor (docs/performance.md); these kernels merge
+// the elementwise links of the chain and split the attention over the cache so that it uses
+// the whole GPU. Plain pointers and a stream: nvcc never sees a LibTorch header.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace gmsa::kernels {
+
+// h = x + y (rounded to bf16), normed = w * bf16(h * rsqrt(mean(h^2) + eps)): the residual add
+// that ends one sub-block fused with the RMSNorm that starts the next. All [rows, cols] bf16
+// contiguous; w [cols].
+void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
+                       int64_t cols, float eps, cudaStream_t stream);
+
+// The packed projection output of one token per row, qkv [B, (H + 2 Hkv) * D] (row stride
+// qkv_stride), is split, rotated and stored: q_out [B, H, D] = rope(q); k_cache[b, :, slot] =
+// rope(k); v_cache[b, :, slot] = v, where slot is read from the device (*slot). Caches are
+// [B, Hkv, capacity, D] contiguous; cos/sin [B, D]. Same bf16 rounding as the plain ops.
+void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
+                        void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
+                        int64_t kv_heads, int64_t dim, int64_t capacity, cudaStream_t stream);
+
+// Attention of one query per row and head over the cache columns [0, *slot] where
+// key_mask[b, column] is true: out [B, H * D] = softmax(q k^T * scale) v, GQA by h / (H / Hkv).
+// The columns are split into `splits` ranges processed by separate blocks (flash-decoding),
+// then merged; `workspace` holds B * H * splits * (D + 2) floats. D in {32, 64, 128, 256}.
+// A row with no allowed column gets zeros.
+void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
+                           const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
+                           int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
+                           cudaStream_t stream);
+// Whether decode_attention_bf16 supports this head size.
+bool decode_attention_supports(int64_t dim);
+// A split count that fills `sms` multiprocessors about four blocks deep.
+int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms);
+
+// y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
+// GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned.
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, cudaStream_t stream);
+
+}  // namespace gmsa::kernels

@@ -1,0 +1,152 @@
+#include "gmsa/model/decode_ops.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "gmsa/model/fused_ops.h"
+
+#ifdef GMSA_HAVE_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../kernels/decode_kernels.h"
+#endif
+
+namespace gmsa::decode_ops {
+namespace {
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
+}
+
+bool& enabled_flag() {
+  static bool on = !env_is("GMSA_DECODE_KERNELS", "0");
+  return on;
+}
+
+bool& gemv_flag() {
+  static bool on = !env_is("GMSA_DECODE_GEMV", "cublas");
+  return on;
+}
+
+}  // namespace
+
+bool enabled() { return fused::enabled() && enabled_flag(); }
+void set_enabled(bool on) { enabled_flag() = on; }
+bool custom_gemv() { return enabled() && gemv_flag(); }
+void set_custom_gemv(bool on) { gemv_flag() = on; }
+
+#ifdef GMSA_HAVE_CUDA_KERNELS
+
+namespace {
+
+bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
+  for (const auto* t : ts)
+    if (!t->defined() || !t->is_cuda() || t->scalar_type() != torch::kBFloat16) return false;
+  return true;
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
+                                                     const torch::Tensor& w, double eps) {
+  if (!enabled() || !bf16_cuda({&x, &y, &w}) || x.sizes() != y.sizes() || !x.is_contiguous() ||
+      !y.is_contiguous() || !w.is_contiguous() || w.numel() != x.size(-1))
+    return {};
+  c10::cuda::CUDAGuard guard(x.device());
+  auto h = torch::empty_like(x), normed = torch::empty_like(x);
+  const int64_t cols = x.size(-1);
+  kernels::add_rms_norm_bf16(x.data_ptr(), y.data_ptr(), w.data_ptr(), h.data_ptr(), normed.data_ptr(),
+                             x.numel() / cols, cols, static_cast<float>(eps), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {h, normed};
+}
+
+torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                            torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& slot,
+                            int64_t heads, int64_t kv_heads) {
+  if (!enabled() || !bf16_cuda({&qkv, &cos, &sin, &k_cache, &v_cache}) || qkv.dim() != 2 || qkv.stride(1) != 1)
+    return {};
+  const int64_t B = qkv.size(0), D = k_cache.size(3), capacity = k_cache.size(2);
+  if (qkv.size(1) != (heads + 2 * kv_heads) * D || D % 2 != 0 || !k_cache.is_contiguous() ||
+      !v_cache.is_contiguous() || k_cache.sizes() != v_cache.sizes() || k_cache.size(0) != B ||
+      k_cache.size(1) != kv_heads || !cos.is_contiguous() || !sin.is_contiguous() || cos.numel() != B * D ||
+      sin.numel() != B * D || !slot.is_cuda() || slot.scalar_type() != torch::kLong || slot.numel() != 1)
+    return {};
+  c10::cuda::CUDAGuard guard(qkv.device());
+  auto q = torch::empty({B, heads, D}, qkv.options());
+  kernels::rope_store_kv_bf16(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
+                              k_cache.data_ptr(), v_cache.data_ptr(), slot.data_ptr<int64_t>(), B, heads, kv_heads, D,
+                              capacity, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return q;
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale) {
+  if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t Hkv = k_cache.size(1), capacity = k_cache.size(2);
+  if (!kernels::decode_attention_supports(D) || H % Hkv != 0 || !k_cache.is_contiguous() ||
+      !v_cache.is_contiguous() || k_cache.sizes() != v_cache.sizes() || k_cache.size(0) != B ||
+      k_cache.size(3) != D || key_mask.scalar_type() != torch::kBool || !key_mask.is_cuda() ||
+      !key_mask.is_contiguous() || key_mask.size(0) != B || key_mask.size(1) != capacity ||
+      (slot.defined() && (slot.scalar_type() != torch::kLong || !slot.is_cuda())))
+    return {};
+  c10::cuda::CUDAGuard guard(q.device());
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t splits = kernels::decode_attention_splits(B, H, capacity, sms);
+  auto workspace = torch::empty({B * H * splits * (D + 2)}, q.options().dtype(torch::kFloat));
+  auto out = torch::empty({B, H * D}, q.options());
+  kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
+                                 slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
+                                 workspace.data_ptr<float>(), B, H, Hkv, D, capacity, splits,
+                                 static_cast<float>(scale), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+  const int64_t K = w.size(1);
+  const bool one_row = x.numel() == K && x.is_contiguous();
+  if (!custom_gemv() || bias.defined() || !one_row || !bf16_cuda({&x, &w}) || !w.is_contiguous() || K % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0)
+    return torch::linear(x, w, bias);
+  c10::cuda::CUDAGuard guard(x.device());
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  auto y = torch::empty(shape, x.options());
+  kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), w.size(0), K, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+#else
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&,
+                                                     const torch::Tensor&, double) {
+  return {};
+}
+torch::Tensor rope_store_kv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, torch::Tensor&,
+                            torch::Tensor&, const torch::Tensor&, int64_t, int64_t) {
+  return {};
+}
+torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                        const torch::Tensor&, double) {
+  return {};
+}
+bool attention_supports(int64_t) { return false; }
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+  return torch::linear(x, w, bias);
+}
+
+#endif
+
+}  // namespace gmsa::decode_ops
