@@ -2,6 +2,9 @@
 // Device helpers shared by the kernel files.
 #include <cuda_bf16.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 namespace gmsa::kernels {
 
 // Rounds an fp32 value to bf16 and back: reproduces a LibTorch bf16 op's output rounding.
@@ -23,6 +26,63 @@ __device__ __forceinline__ float block_sum(float v) {
   if (threadIdx.x == 0) total = v;
   __syncthreads();
   return total;
+}
+
+// RMSNorm of one row of `cols` = 8 * blockDim.x bf16 values, one 16-byte load per thread: a
+// single round trip to memory (a strided loop paid one memory latency per step: 12 us for one
+// 4096-wide row). If y is given the row is h = x + y (rounded to bf16), stored to h_out when
+// that is given. normed = w * bf16(h * rsqrt(mean(h^2) + eps)), as HF's LlamaRMSNorm.
+// x, y, w, outs 16-byte aligned.
+__device__ __forceinline__ void rms_norm_row_vec(const __nv_bfloat16* x, const __nv_bfloat16* y,
+                                                 const __nv_bfloat16* w, __nv_bfloat16* h_out,
+                                                 __nv_bfloat16* out, int64_t cols, float eps) {
+  const int64_t c = 8 * static_cast<int64_t>(threadIdx.x);
+  float v[8];
+  const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
+  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(xp[j]);
+    v[2 * j] = f.x;
+    v[2 * j + 1] = f.y;
+  }
+  if (y) {
+    const uint4 yv = *reinterpret_cast<const uint4*>(y + c);
+    const __nv_bfloat162* yp = reinterpret_cast<const __nv_bfloat162*>(&yv);
+    uint4 hv;
+    __nv_bfloat16* hp = reinterpret_cast<__nv_bfloat16*>(&hv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(yp[j]);
+      hp[2 * j] = __float2bfloat16(v[2 * j] + f.x);
+      hp[2 * j + 1] = __float2bfloat16(v[2 * j + 1] + f.y);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(hp[j]);
+    if (h_out) *reinterpret_cast<uint4*>(h_out + c) = hv;
+  }
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
+  const float scale = rsqrtf(block_sum(sq) / static_cast<float>(cols) + eps);
+  const uint4 wv = *reinterpret_cast<const uint4*>(w + c);
+  const __nv_bfloat16* wp = reinterpret_cast<const __nv_bfloat16*>(&wv);
+  uint4 ov;
+  __nv_bfloat16* op = reinterpret_cast<__nv_bfloat16*>(&ov);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) op[j] = __float2bfloat16(__bfloat162float(wp[j]) * bf(v[j] * scale));
+  *reinterpret_cast<uint4*>(out + c) = ov;
+}
+
+// Whether rms_norm_row_vec serves rows of `cols` values at these addresses and row strides.
+inline bool rms_norm_vec_fits(int64_t cols, std::initializer_list<const void*> ptrs,
+                              std::initializer_list<int64_t> strides) {
+  if (cols % 256 != 0 || cols / 8 > 1024) return false;  // whole warps, at most 1024 threads
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  for (int64_t s : strides)
+    if (s % 8 != 0) return false;
+  return true;
 }
 
 inline int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }

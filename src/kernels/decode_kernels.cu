@@ -30,6 +30,12 @@ __global__ void add_rms_norm_kernel(const bf16* x, const bf16* y, const bf16* w,
     normed[off + c] = __float2bfloat16(__bfloat162float(w[c]) * bf(__bfloat162float(h[off + c]) * scale));
 }
 
+__global__ void add_rms_norm_vec_kernel(const bf16* x, const bf16* y, const bf16* w, bf16* h, bf16* normed,
+                                        int64_t cols, float eps) {
+  const int64_t off = blockIdx.x * cols;
+  rms_norm_row_vec(x + off, y + off, w, h + off, normed + off, cols, eps);
+}
+
 // ---------------------------------------------------------------- RoPE + KV store
 
 // One thread per pair (i, i + half) of one head of one row; heads are numbered over the packed
@@ -194,28 +200,43 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 }
 
-// Block (h, b), one thread per dim: merges the splits' partial results.
+// Block (h, b), one thread per dim: merges the splits' partial results. The splits' maxima and
+// sums are read once into shared memory (in parallel), then each thread sums its dim.
+constexpr int kMaxSplits = 128;
 __global__ void decode_attention_merge_kernel(const float* workspace, bf16* out, int64_t heads, int64_t dim,
                                               int64_t splits) {
   const int64_t h = blockIdx.x, b = blockIdx.y;
   const int d = threadIdx.x;
   const float* base = workspace + (b * heads + h) * splits * (dim + 2);
-  float big = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) big = fmaxf(big, base[s * (dim + 2)]);
-  float sum = 0.f, a = 0.f;
-  for (int64_t s = 0; s < splits; ++s) {
-    const float* part = base + s * (dim + 2);
-    if (part[0] == -INFINITY) continue;
-    const float f = __expf(part[0] - big);
-    sum += part[1] * f;
-    a += part[2 + d] * f;
+  __shared__ float weight[kMaxSplits];
+  __shared__ float inv_sum;
+  if (d < 32) {  // warp 0: the global maximum, each split's weight, the total
+    float big = -INFINITY;
+    for (int64_t s = d; s < splits; s += 32) big = fmaxf(big, base[s * (dim + 2)]);
+    for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
+    float sum = 0.f;
+    for (int64_t s = d; s < splits; s += 32) {
+      const float m = base[s * (dim + 2)];
+      const float f = m == -INFINITY ? 0.f : __expf(m - big);
+      weight[s] = f;
+      sum += base[s * (dim + 2) + 1] * f;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (d == 0) inv_sum = sum > 0.f ? 1.f / sum : 0.f;
   }
-  out[(b * heads + h) * dim + d] = __float2bfloat16(sum > 0.f ? a / sum : 0.f);
+  __syncthreads();
+  float a0 = 0.f, a1 = 0.f;  // two chains: independent loads in flight
+  int64_t s = 0;
+  for (; s + 1 < splits; s += 2) {
+    a0 += base[s * (dim + 2) + 2 + d] * weight[s];
+    a1 += base[(s + 1) * (dim + 2) + 2 + d] * weight[s + 1];
+  }
+  if (s < splits) a0 += base[s * (dim + 2) + 2 + d] * weight[s];
+  out[(b * heads + h) * dim + d] = __float2bfloat16((a0 + a1) * inv_sum);
 }
 
 // ---------------------------------------------------------------- GEMV
 
-constexpr int kGemvRows = 4;    // outputs per warp: each x load serves four weight rows
 constexpr int kGemvThreads = 256;
 
 __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
@@ -230,32 +251,52 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// Warp w computes outputs [w * kGemvRows, w * kGemvRows + kGemvRows); lane l reads 8 values
-// (16 bytes) of each row per step, 256 values per warp step.
+// Warp w computes outputs [w * kRows, (w + 1) * kRows); lane l reads 8 values (16 bytes) of
+// each row per step of 256 values, kUnroll steps issued before the first use: kRows * kUnroll
+// loads in flight per lane. Many rows: 4 per warp (each x load serves four rows); few rows
+// (4096): 1 per warp, so that the GPU still gets enough warps to cover memory latency.
+template <int kRows, int kUnroll>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* w, const bf16* x, bf16* y, int64_t n,
                                                             int64_t k) {
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t row0 = warp * kGemvRows;
+  const int64_t row0 = warp * kRows;
   if (row0 >= n) return;
-  const int rows = static_cast<int>(n - row0 < kGemvRows ? n - row0 : kGemvRows);
-  float sum[kGemvRows] = {};
-#pragma unroll 2
-  for (int64_t c = lane * 8; c < k; c += 256) {
+  const int rows = static_cast<int>(n - row0 < kRows ? n - row0 : kRows);
+  float sum[kRows] = {};
+  int64_t c = lane * 8;
+  for (; c + (kUnroll - 1) * 256 < k; c += kUnroll * 256) {
+    uint4 xv[kUnroll], wv[kUnroll][kRows];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      xv[u] = *reinterpret_cast<const uint4*>(x + c + u * 256);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)  // read once: streamed past the caches
+        if (r < rows) wv[u][r] = __ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c + u * 256));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (r < rows) sum[r] += dot8(wv[u][r], xv[u]);
+  }
+  for (; c < k; c += 256) {
     const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
-    uint4 wv[kGemvRows];
 #pragma unroll
-    for (int r = 0; r < kGemvRows; ++r)
-      if (r < rows) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c));  // read once: stream
-#pragma unroll
-    for (int r = 0; r < kGemvRows; ++r)
-      if (r < rows) sum[r] += dot8(wv[r], xv);
+    for (int r = 0; r < kRows; ++r)
+      if (r < rows) sum[r] += dot8(__ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c)), xv);
   }
 #pragma unroll
-  for (int r = 0; r < kGemvRows; ++r)
+  for (int r = 0; r < kRows; ++r)
     for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
   if (lane == 0)
     for (int r = 0; r < rows; ++r) y[row0 + r] = __float2bfloat16(sum[r]);
+}
+
+template <int kRows, int kUnroll>
+void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, cudaStream_t stream) {
+  const int64_t warps = (n + kRows - 1) / kRows;
+  gemv_kernel<kRows, kUnroll><<<blocks_for(warps * 32, kGemvThreads), kGemvThreads, 0, stream>>>(w, x, y, n, k);
 }
 
 }  // namespace
@@ -263,6 +304,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* w, const
 void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
                        int64_t cols, float eps, cudaStream_t stream) {
   if (rows == 0) return;
+  if (rms_norm_vec_fits(cols, {x, y, w, h, normed}, {})) {
+    add_rms_norm_vec_kernel<<<rows, cols / 8, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(y),
+                                                           static_cast<const bf16*>(w), static_cast<bf16*>(h),
+                                                           static_cast<bf16*>(normed), cols, eps);
+    return;
+  }
   const int threads = cols >= 1024 ? 256 : 128;
   add_rms_norm_kernel<<<rows, threads, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(y),
                                                     static_cast<const bf16*>(w), static_cast<bf16*>(h),
@@ -283,10 +330,12 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
 bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || dim == 128 || dim == 256; }
 
 int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms) {
+  // Enough blocks for every multiprocessor to hold 16 (64 warps): each warp then has only a
+  // few columns to walk, and the walk is bound by memory latency, not bandwidth.
   const int64_t blocks = std::max<int64_t>(batch * heads, 1);
-  int64_t s = (4 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
-  s = std::min(s, (capacity + 127) / 128);  // at least ~32 columns per warp
-  return std::clamp<int64_t>(s, 1, 64);
+  int64_t s = (16 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
+  s = std::min(s, (capacity + 31) / 32);  // at least ~8 columns per warp
+  return std::clamp<int64_t>(s, 1, kMaxSplits);
 }
 
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
@@ -316,9 +365,13 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
 
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, cudaStream_t stream) {
   if (n == 0) return;
-  const int64_t warps = (n + kGemvRows - 1) / kGemvRows;
-  gemv_kernel<<<blocks_for(warps * 32, kGemvThreads), kGemvThreads, 0, stream>>>(
-      static_cast<const bf16*>(w), static_cast<const bf16*>(x), static_cast<bf16*>(y), n, k);
+  const auto* wp = static_cast<const bf16*>(w);
+  const auto* xp = static_cast<const bf16*>(x);
+  auto* yp = static_cast<bf16*>(y);
+  if (n >= 8192)
+    launch_gemv<4, 2>(wp, xp, yp, n, k, stream);
+  else
+    launch_gemv<1, 8>(wp, xp, yp, n, k, stream);
 }
 
 }  // namespace gmsa::kernels

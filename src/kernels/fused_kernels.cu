@@ -25,6 +25,11 @@ __global__ void rms_norm_kernel(const __nv_bfloat16* x, int64_t x_stride, const 
   }
 }
 
+__global__ void rms_norm_vec_kernel(const __nv_bfloat16* x, int64_t x_stride, const __nv_bfloat16* w,
+                                    __nv_bfloat16* out, int64_t cols, float eps) {
+  rms_norm_row_vec(x + blockIdx.x * x_stride, nullptr, w, nullptr, out + blockIdx.x * cols, cols, eps);
+}
+
 // The rotated pair (i, i + half) of head h of token t of row b handled by thread `idx`.
 struct RopePair {
   int64_t tokens, heads, half, i, h, bt, b, t;  // bt = b * tokens + t
@@ -119,6 +124,12 @@ __global__ void silu_mul_backward_kernel(const __nv_bfloat16* gate, const __nv_b
 void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, int64_t rows,
                    int64_t cols, float eps, cudaStream_t stream) {
   if (rows == 0) return;
+  if (rms_norm_vec_fits(cols, {x, w, out}, {x_stride})) {
+    rms_norm_vec_kernel<<<rows, cols / 8, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
+                                                       static_cast<const __nv_bfloat16*>(w),
+                                                       static_cast<__nv_bfloat16*>(out), cols, eps);
+    return;
+  }
   const int threads = cols >= 1024 ? 256 : 128;
   rms_norm_kernel<<<rows, threads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), x_stride,
                                                 static_cast<const __nv_bfloat16*>(w),
