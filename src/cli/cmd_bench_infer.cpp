@@ -57,6 +57,8 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
   sub->add_flag("!--no-fused-kernels", o.fused_kernels, "Run the plain LibTorch ops instead of the fused CUDA kernels");
   sub->add_flag("!--no-decode-kernels", o.decode_kernels,
                 "Decode through the layers' forward instead of the decoding kernels (split-KV attention, ...)");
+  sub->add_flag("!--no-merge-lora", o.merge_lora,
+                "Compress with the LoRA adapters as trained instead of merged into private encoder weights");
   sub->add_flag("!--cublas-gemv", o.custom_gemv, "Batch-1 decoding GEMVs through cuBLAS instead of our kernel");
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });

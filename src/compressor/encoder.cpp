@@ -57,6 +57,15 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor& embeds) {
   return norm(x);
 }
 
+void EncoderImpl::merge_lora() {
+  for (auto& layer : layers) {
+    for (auto& [name, lin] : layer->linears()) lin->merge_lora();
+    layer->self_attn->pack_projections();
+    layer->mlp->pack_projections();
+  }
+  merged_ = true;
+}
+
 int64_t EncoderImpl::untie_trained() {
   torch::NoGradGuard g;
   int64_t n = 0;

@@ -42,6 +42,8 @@ static nlohmann::json base_summary(const ModelConfig& c) {
 
 void save_compressor(const std::string& dir, Compressor& compressor, const ModelConfig& base,
                      const std::string& base_model_path) {
+  GMSA_CHECK(!compressor->encoder->lora_merged(),
+             "{}: this compressor's LoRA was merged into its weights for inference; it cannot be saved", dir);
   std::filesystem::create_directories(dir);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (auto& [name, t] : compressor->own_parameters()) tensors.emplace_back(name, t.detach());

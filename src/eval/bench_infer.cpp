@@ -254,6 +254,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   }
   compressor->eval();
   for (auto& p : compressor->parameters()) p.set_requires_grad(false);
+  if (opts.merge_lora) compressor->encoder->merge_lora();
 
   // Random ids above the usual special tokens (0..2); values do not affect latency.
   torch::manual_seed(opts.seed);
@@ -280,6 +281,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"fused_kernels", fused::enabled()},
       {"decode_kernels", decode_ops::enabled()},
       {"custom_gemv", decode_ops::custom_gemv()},
+      {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},
       {"prompt_tokens", opts.prompt_tokens},

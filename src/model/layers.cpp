@@ -76,6 +76,18 @@ void LinearImpl::untie_base() {
   if (bias.defined()) bias = set_parameter("bias", bias.detach().clone(), false);
 }
 
+void LinearImpl::merge_lora() {
+  if (!has_lora()) return;
+  torch::NoGradGuard guard;
+  auto delta = torch::matmul(lora_B.to(torch::kFloat), lora_A.to(torch::kFloat)) * lora_scaling;
+  weight = set_parameter("weight", (weight.to(torch::kFloat) + delta.to(weight.device())).to(weight.scalar_type()),
+                         false);
+  remove_parameter("lora_A");
+  remove_parameter("lora_B");
+  lora_A = lora_B = torch::Tensor();
+  lora_scaling = lora_dropout = 0.0;
+}
+
 // ---------------------------------------------------------------- packed projections
 
 PackedProjections PackedProjections::pack(const std::vector<Linear>& layers) {

@@ -311,3 +311,28 @@ TEST(ActivationCheckpointing, SameLossAndGradients) {
   for (size_t i = 0; i < plain.second.size(); ++i)
     EXPECT_TRUE(torch::allclose(plain.second[i], ckpt.second[i], 1e-5, 1e-7)) << i;
 }
+
+// Inference with the adapters merged into private encoder weights computes the same soft
+// tokens, leaves the decoder's shared weights alone, and refuses to be saved.
+TEST(Compressor, MergedLoraGivesTheSameSoftTokens) {
+  Decoder d(gmsa::testing::tiny_config());
+  gmsa::testing::randomize(*d, 2);
+  d->eval();
+  d->pack_projections();
+  Compressor c(d, gmsa::testing::small_compressor());
+  gmsa::testing::randomize_lora_b(*c);
+  c->eval();
+  torch::NoGradGuard g;
+  auto ids = torch::randint(3, 97, {2, 13}, torch::kLong);
+  auto before = c->forward(ids, torch::tensor({13, 9}), torch::tensor({4, 2})).embeds;
+  auto decoder_q = d->model->layer(0)->self_attn->q_proj->weight.clone();
+  c->encoder->merge_lora();
+  EXPECT_TRUE(c->encoder->lora_merged());
+  EXPECT_FALSE(c->encoder->layers[0]->self_attn->q_proj->has_lora());
+  EXPECT_TRUE(c->encoder->layers[0]->self_attn->packed_qkv().defined());
+  auto after = c->forward(ids, torch::tensor({13, 9}), torch::tensor({4, 2})).embeds;
+  EXPECT_LT(gmsa::testing::max_rel_diff(after, before), 1e-5);
+  EXPECT_TRUE(torch::equal(d->model->layer(0)->self_attn->q_proj->weight, decoder_q));
+  gmsa::testing::TempDir dir;
+  EXPECT_THROW(save_compressor(dir / "c", c, d->config(), ""), gmsa::Error);
+}

@@ -31,6 +31,7 @@ struct BenchInferOptions {
   bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
   bool decode_kernels = true;  // the decoding step's kernels (decode_ops.h) where they apply
   bool custom_gemv = true;     // batch-1 GEMV kernel instead of cuBLAS in that step
+  bool merge_lora = true;      // fold the encoder's LoRA into private weights (Encoder::merge_lora)
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
 };
 

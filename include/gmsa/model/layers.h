@@ -26,6 +26,7 @@ class ModuleBase : public torch::nn::Module {
  public:
   // Registers `tensor` under `name`, replacing the tensor already registered there.
   torch::Tensor set_parameter(const std::string& name, torch::Tensor tensor, bool requires_grad);
+  void remove_parameter(const std::string& name) { parameters_.erase(name); }
 };
 
 // Low-rank adapter (Hu et al. 2021): y += (dropout(x) A^T B^T) * alpha / r.
@@ -48,6 +49,10 @@ class LinearImpl : public ModuleBase {
   void share_base_from(LinearImpl& other);
   // Replace shared base tensors by private copies (when the other owner starts training).
   void untie_base();
+  // Inference: fold the adapter into a private copy of the weight, W + (alpha / r) B A computed
+  // in fp32 and rounded once to W's dtype, and drop lora_A / lora_B: one GEMM instead of three.
+  // The shared base tensor is left untouched. Without dropout this is the same function.
+  void merge_lora();
 
   int64_t in_features, out_features;
   torch::Tensor weight, bias, lora_A, lora_B;
