@@ -36,7 +36,7 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
                            cudaStream_t stream);
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
-// A split count that gives each of `sms` multiprocessors about 16 blocks.
+// A split count that gives each of `sms` multiprocessors about 8 blocks.
 int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms);
 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
