@@ -1,5 +1,6 @@
 // The GMSA compressor against independent references: group merging vs a naive per-sample
 // loop, packed batches vs rows alone, and which parameters each stage trains.
+#include <optional>
 #include <regex>
 
 #include "gmsa/compressor/gmsa_model.h"
@@ -101,17 +102,27 @@ TEST(GroupMerging, HostLengthsGiveTheSameResult) {
   EXPECT_EQ(from_host.embeds.size(1), 3);
 }
 
-// Sizes live on the host: the soft-token lengths are a CPU tensor whatever hidden's device.
+// Sizes live on the host: the soft-token lengths are a CPU tensor whatever hidden's device, and
+// with host lengths and rates nothing is read from the device (checked on CUDA builds with a GPU).
 TEST(GroupMerging, LengthsAreOnTheHost) {
   std::vector<torch::Device> devices{torch::kCPU};
   if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
   for (const auto& device : devices) {
     auto states = torch::randn({2, 5, 3}, torch::TensorOptions().device(device));
     auto mask = torch::ones({2, 5}, torch::TensorOptions().dtype(torch::kLong).device(device));
-    for (const auto& soft : {group_merge(states, mask, torch::tensor({2, 5})),
-                             group_merge(states, mask, torch::tensor({2, 5}), torch::tensor({5, 5}))}) {
+    auto from_mask = group_merge(states, mask, torch::tensor({2, 5}));
+    SoftTokens from_host;
+    {
+#if defined(GMSA_HAVE_C10_CUDA)
+      std::optional<gmsa::testing::ForbidCudaSync> no_sync;
+      if (device.is_cuda()) no_sync.emplace();
+#endif
+      from_host = group_merge(states, mask, torch::tensor({2, 5}), torch::tensor({5, 5}));
+    }
+    for (const auto& soft : {from_mask, from_host}) {
       EXPECT_TRUE(soft.lengths.is_cpu()) << device;
       EXPECT_EQ(soft.lengths.scalar_type(), torch::kLong);
+      EXPECT_TRUE(torch::equal(soft.lengths, torch::tensor({3, 1})));
       EXPECT_EQ(soft.embeds.device(), device);
       EXPECT_EQ(soft.mask.device(), device);
     }
