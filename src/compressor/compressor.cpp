@@ -1,5 +1,6 @@
 #include "gmsa/compressor/compressor.h"
 
+#include "gmsa/model/compat.h"
 #include "gmsa/util/error.h"
 
 namespace gmsa {
@@ -18,20 +19,27 @@ CompressorImpl::CompressorImpl(Decoder& decoder, const CompressorConfig& cfg) : 
 SoftTokens CompressorImpl::forward(const torch::Tensor& ids, const torch::Tensor& lengths,
                                    const torch::Tensor& rates) {
   GMSA_CHECK(ids.dim() == 2, "compress: ids must be [B, L]");
+  const int64_t B = ids.size(0), L = ids.size(1);
+  GMSA_CHECK(lengths.dim() == 1 && lengths.size(0) == B && rates.dim() == 1 && rates.size(0) == B,
+             "compress: lengths and rates must be [{}], got {} and {}", B,
+             compat::shape_str(lengths.sizes()), compat::shape_str(rates.sizes()));
+  // Sizes on the host: free for CPU tensors (collate builds them there), one copy each else.
+  auto len_host = lengths.to(torch::kCPU, torch::kLong);
+  auto r_host = rates.to(torch::kCPU, torch::kLong);
+  GMSA_CHECK((r_host >= 1).all().item<bool>(), "compression rate must be >= 1");
+  GMSA_CHECK(((len_host >= 0) & (len_host <= L)).all().item<bool>(),
+             "compress: context lengths must lie in [0, {}] (the width of ids)", L);
   auto device = ids.device();
-  auto len = lengths.to(device, torch::kLong);
-  auto r = rates.to(device, torch::kLong);
-  GMSA_CHECK((r >= 1).all().item<bool>(), "compression rate must be >= 1");
   auto ctx = encoder->embed(ids);
   if (cfg_.method == "tcp") {
-    auto counts = soft_token_counts(len, r);
-    auto states = encoder->forward(memory->append(ctx, len, counts));
-    return memory->read(states, len, counts);
+    auto counts_host = soft_token_counts(len_host, r_host);
+    auto states = encoder->forward(memory->append(ctx, len_host, counts_host));
+    return memory->read(states, len_host, counts_host);
   }
   auto states = encoder->forward(ctx);
-  const int64_t L = ids.size(1);
+  auto len = len_host.to(device, /*non_blocking=*/true);
   auto mask = (torch::arange(L, len.options()).unsqueeze(0) < len.unsqueeze(1)).to(torch::kLong);
-  auto soft = group_merge(states, mask, r);
+  auto soft = group_merge(states, mask, r_host, len_host);
   soft.embeds = lsa->forward(soft.embeds) * soft.mask.unsqueeze(-1).to(soft.embeds.scalar_type());
   return soft;
 }

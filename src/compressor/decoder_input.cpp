@@ -6,7 +6,7 @@
 namespace gmsa {
 
 TextBatch TextBatch::to(torch::Device d) const {
-  return {ids.to(d, /*non_blocking=*/true), prompt_lengths.to(d, true), target_lengths.to(d, true)};
+  return {ids.to(d, /*non_blocking=*/true), prompt_lengths, target_lengths};  // lengths stay on the host
 }
 
 PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const TextBatch& text) {
@@ -17,11 +17,18 @@ PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const T
   if (has_soft)
     GMSA_CHECK(soft.embeds.size(0) == B, "decoder input: {} soft rows for {} text rows",
                soft.embeds.size(0), B);
-  auto m = has_soft ? soft.lengths.to(device, torch::kLong) : torch::zeros({B}, opts);
-  auto p = text.prompt_lengths.to(device, torch::kLong);
-  auto n = text.target_lengths.to(device, torch::kLong);
-  auto lengths = m + p + n;
-  const int64_t T = lengths.max().item<int64_t>();
+  // Sizes on the host (free for host lengths; a device tensor costs one copy), then one
+  // host-to-device copy of the length vectors.
+  auto m_host = has_soft ? soft.lengths.to(torch::kCPU, torch::kLong) : torch::zeros({B}, torch::kLong);
+  auto p_host = text.prompt_lengths.to(torch::kCPU, torch::kLong);
+  auto n_host = text.target_lengths.to(torch::kCPU, torch::kLong);
+  GMSA_CHECK(m_host.numel() == B && p_host.numel() == B && n_host.numel() == B,
+             "decoder input: {} rows but {} soft, {} prompt and {} target lengths", B, m_host.numel(),
+             p_host.numel(), n_host.numel());
+  auto lengths_host = m_host + p_host + n_host;
+  const int64_t T = B == 0 ? 0 : lengths_host.max().item<int64_t>();
+  auto lens = torch::stack({m_host, p_host, n_host, lengths_host}).to(device, /*non_blocking=*/true);
+  auto m = lens[0], p = lens[1], n = lens[2], lengths = lens[3];
   auto t = torch::arange(T, opts).unsqueeze(0);  // [1, T]
   auto rel = t - m.unsqueeze(1);                 // position inside the text part
   auto text_at = text.ids.gather(1, rel.clamp(0, std::max<int64_t>(P - 1, 0)));
@@ -39,7 +46,7 @@ PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const T
   auto is_target = (next >= p.unsqueeze(1)).logical_and(next < (p + n).unsqueeze(1));
   auto next_tok = text.ids.gather(1, next.clamp(0, std::max<int64_t>(P - 1, 0)));
   auto labels = torch::where(is_target, next_tok, torch::full_like(next_tok, -100));
-  return {embeds, labels, lengths};
+  return {embeds, labels, lengths_host};
 }
 
 LossSums target_loss(Decoder& decoder, const PackedInput& input) {

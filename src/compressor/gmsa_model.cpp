@@ -11,9 +11,9 @@ namespace gmsa {
 ModelBatch ModelBatch::to(torch::Device d) const {
   ModelBatch b;
   if (context_ids.defined()) {
-    b.context_ids = context_ids.to(d, true);
-    b.context_lengths = context_lengths.to(d, true);
-    b.rates = rates.to(d, true);
+    b.context_ids = context_ids.to(d, /*non_blocking=*/true);
+    b.context_lengths = context_lengths;  // sizes stay on the host
+    b.rates = rates;
   }
   b.text = text.to(d);
   return b;

@@ -10,7 +10,7 @@ torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tenso
 }
 
 SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
-                       const torch::Tensor& rates) {
+                       const torch::Tensor& rates, const torch::Tensor& host_lengths) {
   GMSA_CHECK(hidden.dim() == 3, "group_merge: hidden must be [B, T, H], got {}",
              compat::shape_str(hidden.sizes()));
   const int64_t B = hidden.size(0), T = hidden.size(1), H = hidden.size(2);
@@ -18,15 +18,28 @@ SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
              "group_merge: mask must be [{}, {}], got {}", B, T, compat::shape_str(mask.sizes()));
   GMSA_CHECK(rates.dim() == 1 && rates.size(0) == B, "group_merge: rates must be [{}]", B);
   auto device = hidden.device();
-  auto r = rates.to(device, torch::kLong);
-  GMSA_CHECK((r >= 1).all().item<bool>(), "compression rate must be >= 1");
+  // Sizes on the host (free when rates and host_lengths are CPU tensors).
+  auto r_host = rates.to(torch::kCPU, torch::kLong);
+  GMSA_CHECK((r_host >= 1).all().item<bool>(), "compression rate must be >= 1");
   auto valid = mask.to(device).to(torch::kBool);
+  torch::Tensor len_host;
+  if (host_lengths.defined()) {
+    GMSA_CHECK(host_lengths.dim() == 1 && host_lengths.size(0) == B,
+               "group_merge: lengths must be [{}], got {}", B, compat::shape_str(host_lengths.sizes()));
+    len_host = host_lengths.to(torch::kCPU, torch::kLong);
+    GMSA_CHECK(((len_host >= 0) & (len_host <= T)).all().item<bool>(),
+               "group_merge: lengths must lie in [0, {}]", T);
+  } else {
+    len_host = valid.sum(1).to(torch::kCPU);  // the one device read without host lengths
+  }
+  auto counts_host = soft_token_counts(len_host, r_host);
+  const int64_t M = B == 0 ? 1 : std::max<int64_t>(counts_host.max().item<int64_t>(), 1);
+  // One host-to-device copy for rates and counts.
+  auto rc = torch::stack({r_host, counts_host}).to(device, /*non_blocking=*/true);
+  auto r = rc[0], counts = rc[1];
   // The k-th real token of a row (k counted from 0 over real tokens only) joins group k / r.
   auto rank = valid.to(torch::kLong).cumsum(1) - 1;
   auto group = torch::div(rank, r.unsqueeze(1), "floor");
-  auto lengths = valid.sum(1);
-  auto counts = soft_token_counts(lengths, r);
-  const int64_t M = std::max<int64_t>(counts.max().item<int64_t>(), 1);
   // Flat slot b * M + group for real tokens; padding goes to a spare slot that is dropped.
   auto rows = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(1);
   auto slot = torch::where(valid, rows * M + group, torch::full_like(group, B * M)).view({-1});
@@ -38,7 +51,7 @@ SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
   sizes.index_add_(0, slot, valid.view({-1}).to(acc));
   auto means = sums.narrow(0, 0, B * M) / sizes.narrow(0, 0, B * M).clamp_min(1).unsqueeze(1);
   auto soft_mask = (torch::arange(M, rows.options()).unsqueeze(0) < counts.unsqueeze(1)).to(torch::kLong);
-  return {means.view({B, M, H}).to(hidden.scalar_type()), soft_mask, counts};
+  return {means.view({B, M, H}).to(hidden.scalar_type()), soft_mask, counts_host};
 }
 
 }  // namespace gmsa

@@ -12,18 +12,21 @@ MemoryTokensImpl::MemoryTokensImpl(int64_t hidden, const CompressorConfig& cfg) 
                                                      torch::nn::Linear(inner, hidden)));
 }
 
-torch::Tensor MemoryTokensImpl::append(const torch::Tensor& ctx, const torch::Tensor& lengths,
-                                       const torch::Tensor& counts) const {
+torch::Tensor MemoryTokensImpl::append(const torch::Tensor& ctx, const torch::Tensor& host_lengths,
+                                       const torch::Tensor& host_counts) const {
   const int64_t B = ctx.size(0), H = ctx.size(2);
-  const int64_t max_mem = counts.max().item<int64_t>();
+  GMSA_CHECK(host_lengths.is_cpu() && host_counts.is_cpu(), "tcp: lengths and counts must be host tensors");
+  const int64_t max_mem = B == 0 ? 0 : host_counts.max().item<int64_t>();
   GMSA_CHECK(max_mem <= memory.size(0),
              "tcp: {} memory tokens needed but the compressor has {} (raise max context or rate)",
              max_mem, memory.size(0));
-  const int64_t T = (lengths + counts).max().item<int64_t>();
+  const int64_t T = B == 0 ? 0 : (host_lengths + host_counts).max().item<int64_t>();
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(ctx.device());
-  auto t = torch::arange(T, opts).unsqueeze(0);        // [1, T]
-  auto len = lengths.to(ctx.device()).unsqueeze(1);    // [B, 1]
-  auto cnt = counts.to(ctx.device()).unsqueeze(1);
+  auto t = torch::arange(T, opts).unsqueeze(0);  // [1, T]
+  auto lc = torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)})
+                .to(ctx.device(), /*non_blocking=*/true);
+  auto len = lc[0].unsqueeze(1);  // [B, 1]
+  auto cnt = lc[1].unsqueeze(1);
   auto is_ctx = t < len;
   auto is_mem = (t >= len).logical_and(t < len + cnt);
   auto ctx_padded = torch::cat({ctx, torch::zeros({B, std::max<int64_t>(T - ctx.size(1), 0), H}, ctx.options())}, 1)
@@ -34,14 +37,17 @@ torch::Tensor MemoryTokensImpl::append(const torch::Tensor& ctx, const torch::Te
   return torch::where(is_ctx.unsqueeze(-1), ctx_padded, torch::where(is_mem.unsqueeze(-1), mem, zero));
 }
 
-SoftTokens MemoryTokensImpl::read(const torch::Tensor& states, const torch::Tensor& lengths,
-                                  const torch::Tensor& counts) {
+SoftTokens MemoryTokensImpl::read(const torch::Tensor& states, const torch::Tensor& host_lengths,
+                                  const torch::Tensor& host_counts) {
   const int64_t B = states.size(0), H = states.size(2);
-  const int64_t M = std::max<int64_t>(counts.max().item<int64_t>(), 1);
+  GMSA_CHECK(host_lengths.is_cpu() && host_counts.is_cpu(), "tcp: lengths and counts must be host tensors");
+  const int64_t M = B == 0 ? 1 : std::max<int64_t>(host_counts.max().item<int64_t>(), 1);
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(states.device());
   auto j = torch::arange(M, opts).unsqueeze(0);
-  auto cnt = counts.to(states.device()).unsqueeze(1);
-  auto idx = (lengths.to(states.device()).unsqueeze(1) + j).clamp_max(states.size(1) - 1);
+  auto lc = torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)})
+                .to(states.device(), /*non_blocking=*/true);
+  auto cnt = lc[1].unsqueeze(1);
+  auto idx = (lc[0].unsqueeze(1) + j).clamp_max(states.size(1) - 1);
   auto picked = states.gather(1, idx.unsqueeze(-1).expand({B, M, H}));
   auto mask = (j < cnt).to(torch::kLong);
   // Run the MLP in the state dtype (its fp32 weights are the master copy).
@@ -51,7 +57,7 @@ SoftTokens MemoryTokensImpl::read(const torch::Tensor& states, const torch::Tens
     out = mlp->forward(picked.to(torch::kFloat)).to(w_dtype);
   }
   out = out * mask.unsqueeze(-1).to(out.scalar_type());
-  return {out, mask, counts.to(states.device())};
+  return {out, mask, host_counts.to(torch::kLong)};
 }
 
 }  // namespace gmsa

@@ -68,6 +68,17 @@ bool ZeroAdamW::decays(const std::string& name) const {
 
 void ZeroAdamW::step(double lr) {
   local_.step(lr);
+  broadcast_params();
+}
+
+void ZeroAdamW::step(double lr, const torch::Tensor& skip) {
+  local_.step(lr, skip);
+  // A skipped step changed nothing: no broadcast needed where the flag is free to read.
+  if (skip.is_cpu() && skip.item<float>() == 1.0f) return;
+  broadcast_params();
+}
+
+void ZeroAdamW::broadcast_params() {
   if (!shard_) return;
   // One in-place broadcast per parameter, all in flight together: no staging buffer.
   std::vector<PendingOp> ops;

@@ -75,7 +75,8 @@ std::string decode(const Tokenizer& tok, const std::vector<int64_t>& ids) {
   return tok.decode(std::vector<int>(ids.begin(), ids.end()));
 }
 
-// Compresses a batch of contexts at one rate: right-padded ids on the decoder's device.
+// Compresses a batch of contexts at one rate: right-padded ids on the decoder's device,
+// lengths and rates on the host (the compressor reads them there).
 SoftTokens compress_batch(Compressor& comp, const std::vector<const EncodedExample*>& batch,
                           int64_t rate, torch::Device device) {
   const int64_t B = batch.size();
@@ -88,7 +89,7 @@ SoftTokens compress_batch(Compressor& comp, const std::vector<const EncodedExamp
     ids[b].narrow(0, 0, c.size()).copy_(torch::tensor(c, torch::kLong));
     lengths[b] = static_cast<int64_t>(c.size());
   }
-  return comp->forward(ids.to(device), lengths.to(device), torch::full({B}, rate, torch::kLong).to(device));
+  return comp->forward(ids.to(device), lengths, torch::full({B}, rate, torch::kLong));
 }
 
 SoftTokens slice_rows(const SoftTokens& s, int64_t start, int64_t n) {

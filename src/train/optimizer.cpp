@@ -70,44 +70,101 @@ bool AdamW::decays(const std::string& name) const {
   fail("AdamW: no parameter named '{}'", name);
 }
 
-void AdamW::step(double lr) {
-  ++step_count_;
-  std::vector<size_t> with_decay, without_decay;
+std::vector<AdamW::Group> AdamW::groups() const {
+  Group with_decay, without_decay;
+  with_decay.weight_decay = options_.weight_decay;
   for (size_t i = 0; i < slots_.size(); ++i) {
-    if (!slots_[i].param.grad().defined()) continue;
-    bool decay = slots_[i].decay && options_.weight_decay != 0;
-    (decay ? with_decay : without_decay).push_back(i);
-  }
-  torch::NoGradGuard no_grad;
-  update_group(with_decay, lr, options_.weight_decay);
-  update_group(without_decay, lr, 0.0);
-}
-
-void AdamW::update_group(const std::vector<size_t>& idx, double lr, double weight_decay) {
-  if (idx.empty()) return;
-  std::vector<torch::Tensor> p, g, m, v;
-  for (size_t i : idx) {
     const Slot& s = slots_[i];
     torch::Tensor grad = s.param.grad();
+    if (!grad.defined()) continue;
     GMSA_CHECK(grad.device() == s.param.device(), "AdamW: gradient of '{}' is on {}, the "
                "parameter on {}", s.name, grad.device().str(), s.param.device().str());
-    p.push_back(s.param);
-    g.push_back(grad.scalar_type() == s.param.scalar_type() ? grad : grad.to(s.param.scalar_type()));
-    m.push_back(s.exp_avg);
-    v.push_back(s.exp_avg_sq);
+    Group& group = s.decay && options_.weight_decay != 0 ? with_decay : without_decay;
+    group.idx.push_back(i);
+    group.p.push_back(s.param);
+    group.g.push_back(grad.scalar_type() == s.param.scalar_type() ? grad : grad.to(s.param.scalar_type()));
+    group.m.push_back(s.exp_avg);
+    group.v.push_back(s.exp_avg_sq);
   }
+  std::vector<Group> out;
+  for (Group* group : {&with_decay, &without_decay})
+    if (!group->idx.empty()) out.push_back(std::move(*group));
+  return out;
+}
+
+void AdamW::step(double lr) {
+  sync_step_count();
+  ++step_count_;
+  torch::NoGradGuard no_grad;
+  auto gs = groups();
+  for (auto& group : gs) update_group(group, lr);
+}
+
+void AdamW::step(double lr, const torch::Tensor& skip) {
+  GMSA_CHECK(skip.defined() && skip.dim() == 0 && skip.scalar_type() == torch::kFloat,
+             "AdamW: the skip flag must be a 0-dim fp32 tensor");
 #if GMSA_TORCH_AT_LEAST(2, 1)
-  if (fusable(p, g)) {
-    update_fused(idx, p, g, m, v, lr, weight_decay);
+  if (skip.is_cuda()) {
+    torch::NoGradGuard no_grad;
+    auto gs = groups();
+    bool all_fusable = true;
+    for (const auto& group : gs)
+      all_fusable = all_fusable && fusable(group.p, group.g) && group.p[0].device() == skip.device();
+    if (all_fusable) {
+      // No host read: the kernel returns at once where *skip == 1 (found_inf), and it reads
+      // the step tensors for the bias correction, so they advance by 1 - skip beforehand.
+      torch::Tensor& steps = device_steps(skip.device());
+      steps.sub_(skip).add_(1);
+      device_ahead_ = true;
+      for (auto& group : gs) update_fused(group, lr, skip);
+      return;
+    }
+  }
+#endif
+  const float flag = skip.item<float>();  // free on the CPU; one sync on the foreach path on CUDA
+  GMSA_CHECK(flag == 0.0f || flag == 1.0f, "AdamW: the skip flag is {}, not 0 or 1", flag);
+  if (flag == 0.0f) step(lr);
+}
+
+int64_t AdamW::step_count() const {
+  sync_step_count();
+  return step_count_;
+}
+
+void AdamW::sync_step_count() const {
+  if (!device_ahead_) return;
+  // fp32 holds every count up to 2^24 exactly.
+  step_count_ = static_cast<int64_t>(fused_steps_[0].item<float>());
+  fused_steps_value_ = step_count_;
+  device_ahead_ = false;
+}
+
+torch::Tensor& AdamW::device_steps(torch::Device device) {
+  if (!fused_steps_.defined() || fused_steps_.device() != device) {
+    sync_step_count();
+    fused_steps_ = torch::empty({std::max<int64_t>(1, static_cast<int64_t>(slots_.size()))},
+                                torch::TensorOptions().dtype(torch::kFloat).device(device));
+    fused_steps_value_ = -1;
+  }
+  if (!device_ahead_ && fused_steps_value_ != step_count_) {
+    fused_steps_.fill_(static_cast<double>(step_count_));
+    fused_steps_value_ = step_count_;
+  }
+  return fused_steps_;
+}
+
+void AdamW::update_group(Group& group, double lr) {
+#if GMSA_TORCH_AT_LEAST(2, 1)
+  if (fusable(group.p, group.g)) {
+    update_fused(group, lr, torch::Tensor());
     return;
   }
 #endif
-  update_foreach(p, g, m, v, lr, weight_decay);
+  update_foreach(group, lr);
 }
 
-void AdamW::update_foreach(std::vector<torch::Tensor>& p, std::vector<torch::Tensor>& g,
-                           std::vector<torch::Tensor>& m, std::vector<torch::Tensor>& v,
-                           double lr, double weight_decay) const {
+void AdamW::update_foreach(Group& group, double lr) const {
+  auto& [idx, p, g, m, v, weight_decay] = group;
   const double t = static_cast<double>(step_count_);
   const double bc1 = 1 - std::pow(options_.beta1, t);
   const double bc2 = 1 - std::pow(options_.beta2, t);
@@ -124,27 +181,23 @@ void AdamW::update_foreach(std::vector<torch::Tensor>& p, std::vector<torch::Ten
 }
 
 #if GMSA_TORCH_AT_LEAST(2, 1)
-void AdamW::update_fused(const std::vector<size_t>& idx, std::vector<torch::Tensor>& p,
-                         std::vector<torch::Tensor>& g, std::vector<torch::Tensor>& m,
-                         std::vector<torch::Tensor>& v, double lr, double weight_decay) {
+void AdamW::update_fused(Group& group, double lr, const torch::Tensor& found_inf) {
   // The kernel takes one fp32 step tensor per parameter and reads it (the Python wrapper
   // increments it beforehand). Ours all hold the global count: one buffer, one view each.
-  const auto device = p[0].device();
-  if (!fused_steps_.defined() || fused_steps_.device() != device) {
-    fused_steps_ = torch::empty({static_cast<int64_t>(slots_.size())},
-                                torch::TensorOptions().dtype(torch::kFloat).device(device));
-    fused_steps_value_ = -1;
-  }
-  if (fused_steps_value_ != step_count_) {
-    fused_steps_.fill_(static_cast<double>(step_count_));
-    fused_steps_value_ = step_count_;
-  }
+  torch::Tensor& buffer = device_steps(group.p[0].device());
   std::vector<torch::Tensor> steps;
-  for (size_t i : idx) steps.push_back(fused_steps_[static_cast<int64_t>(i)]);
-  // No grad_scale / found_inf: fp32 master weights need no loss scaling.
-  at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, options_.beta1,
-                    options_.beta2, weight_decay, options_.eps, /*amsgrad=*/false,
-                    /*maximize=*/false);
+  for (size_t i : group.idx) steps.push_back(buffer[static_cast<int64_t>(i)]);
+  // No grad_scale: fp32 master weights need no loss scaling. found_inf (when given) is the
+  // skip flag: the kernel leaves everything untouched when it is exactly 1.
+  if (found_inf.defined()) {
+    at::_fused_adamw_(group.p, group.g, group.m, group.v, /*max_exp_avg_sqs=*/{}, steps, lr,
+                      options_.beta1, options_.beta2, group.weight_decay, options_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/{}, found_inf);
+  } else {
+    at::_fused_adamw_(group.p, group.g, group.m, group.v, /*max_exp_avg_sqs=*/{}, steps, lr,
+                      options_.beta1, options_.beta2, group.weight_decay, options_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  }
 }
 #endif
 
@@ -193,6 +246,8 @@ void AdamW::load_state(const NamedTensors& state, int64_t step_count) {
     s.exp_avg_sq.copy_(find(kExpAvgSq + s.name, s.exp_avg_sq));
   }
   step_count_ = step_count;
+  device_ahead_ = false;   // the loaded count replaces the device's
+  fused_steps_value_ = -1; // refill the step tensors before the next fused update
 }
 
 NamedTensors trainable_parameters(const torch::nn::Module& module) {

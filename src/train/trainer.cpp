@@ -529,11 +529,69 @@ StageSummary StageRunner::run() {
   const int64_t first_step = step;
   log_->info("training {} steps from step {} (batch {} x accumulation {})", total, step, cfg_.stage.batch_size,
              cfg_.stage.grad_accum);
+  // No host synchronisation inside a step: each step leaves its mean loss, gradient norm and
+  // skip flag on the device, and they are read back together at drain points: logging steps,
+  // before a checkpoint, evaluation or stop, and after every step on the CPU (where reading is
+  // free, so the CPU behaves exactly as with a per-step read). On CUDA, a non-finite step is
+  // skipped on the device (AdamW::step(lr, skip)) at once, but it is counted, warned about and
+  // the train.max_bad_steps stop happens at the next drain point: at most train.log_every steps
+  // late. The reported ms, tokens/s and MFU are averages over the steps since the previous drain.
+  struct PendingStep {
+    int64_t step;         // 0-based index of the step
+    torch::Tensor stats;  // fp32 [mean loss, gradient norm, skip flag] on the device
+  };
+  std::vector<PendingStep> pending;
+  int64_t window_steps = 0, window_tokens = 0;
+  double window_flops = 0;
+  Clock::time_point window_start;
+  double loss = 0, norm = 0, ms = 0, tokens_per_s = 0, mfu = 0;  // as of the last drain
+  auto drain = [&] {
+    if (pending.empty()) return;
+    if (cuda) torch::cuda::synchronize();
+    const double window_ms = std::chrono::duration<double, std::milli>(Clock::now() - window_start).count();
+    ms = window_ms / static_cast<double>(window_steps);
+    tokens_per_s = window_tokens / (window_ms / 1000.0);
+    mfu = window_flops / (window_ms / 1000.0) / peak_flops;
+    window_steps = window_tokens = 0;
+    window_flops = 0;
+    std::vector<torch::Tensor> stats;
+    for (const auto& p : pending) stats.push_back(p.stats);
+    auto host = torch::stack(stats).to(torch::kCPU, torch::kDouble).contiguous();  // the one host read
+    auto rows = host.accessor<double, 2>();
+    int64_t stop_count = 0;
+    bool last_skipped = false;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      loss = rows[i][0];
+      norm = rows[i][1];
+      last_skipped = rows[i][2] != 0;
+      if (last_skipped) {
+        ++skipped_;
+        ++bad_in_row_;
+        log_->warn("step {}: non-finite loss ({}) or gradient norm ({}); update skipped ({} in a row)",
+                   pending[i].step + 1, loss, norm, bad_in_row_);
+        if (bad_in_row_ >= cfg_.train.max_bad_steps && stop_count == 0) stop_count = bad_in_row_;
+      } else {
+        bad_in_row_ = 0;
+      }
+      losses_.push_back(loss);
+    }
+    const int64_t last = pending.back().step;
+    pending.clear();
+    if (stop_count > 0) {
+      // The checkpoint holds every step run so far; a skipped last step counts as not done
+      // (on the CPU: the checkpoint of the step that reached the limit, as always).
+      if (last_skipped) losses_.pop_back();
+      save_checkpoint(last_skipped ? last : last + 1);
+      fail("stopping: {} non-finite steps in a row (train.max_bad_steps); checkpoint written in {}",
+           stop_count, dir_);
+    }
+  };
   while (step < total) {
     // Every rank stops together (a signal may reach only some of them).
     const bool stop = g_stop_requested || step == opts_.stop_after_step;
     if (pg_.all_reduce_sum_int(stop ? 1 : 0, "stop flag") > 0) break;
     auto t0 = Clock::now();
+    if (window_steps == 0) window_start = t0;
     if (cuda) compat::reset_cuda_peak_memory(setup_.device);
     // All micro-batches are drawn first so the loss can be normalised by their target tokens.
     streamed_.clear();
@@ -565,50 +623,42 @@ StageSummary StageRunner::run() {
       sync_->finish(1.0);
       pg_.all_reduce_sum({loss_sum}, "loss");
     }
-    auto gnorm = clip_grad_norm(params, cfg_.optim.clip);
-    // One host read per step: the loss and the gradient norm decide whether to update.
-    auto host = torch::stack({loss_sum / static_cast<double>(target_tokens), gnorm.to(loss_sum.dtype())}).cpu();
-    const double loss = host[0].item<double>(), norm = host[1].item<double>();
+    auto gnorm = clip_grad_norm(params, cfg_.optim.clip).to(loss_sum.device(), torch::kFloat);
+    auto mean_loss = loss_sum / static_cast<double>(target_tokens);
+    // The update happens unless the loss or the gradient norm is non-finite, decided on the
+    // device (no host read): 1 = skip.
+    auto skip = torch::isfinite(mean_loss).logical_and(torch::isfinite(gnorm)).logical_not().to(torch::kFloat);
     const double lr = sched.lr_at(step);
-    if (!std::isfinite(loss) || !std::isfinite(norm)) {
-      ++skipped_;
-      ++bad_in_row_;
-      optim_->zero_grad();
-      log_->warn("step {}: non-finite loss ({}) or gradient norm ({}); update skipped ({} in a row)", step + 1,
-                 loss, norm, bad_in_row_);
-      if (bad_in_row_ >= cfg_.train.max_bad_steps) {
-        save_checkpoint(step);
-        fail("stopping: {} non-finite steps in a row (train.max_bad_steps); checkpoint written in {}",
-             bad_in_row_, dir_);
-      }
-    } else {
-      bad_in_row_ = 0;
-      optim_->step(lr);
-    }
-    ++step;
-    losses_.push_back(loss);
-    if (cuda) torch::cuda::synchronize();
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    optim_->step(lr, skip);
+    pending.push_back({step, torch::stack({mean_loss.to(torch::kFloat), gnorm, skip})});
+    ++window_steps;
+    window_tokens += context_tokens;
+    if (cuda) window_flops += step_flops(micro, micro_rates);
+    const int64_t done = step + 1;
+    const bool log_now = done % cfg_.train.log_every == 0 || done == total;
+    const bool save_now = cfg_.train.save_every > 0 && done % cfg_.train.save_every == 0 && done < total;
+    if (!cuda || log_now || save_now) drain();
+    step = done;
     const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
     const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(total - step);
-    if (step % cfg_.train.log_every == 0 || step == total) {
+    if (log_now) {
       std::vector<int64_t> all_rates;
       for (auto& r : micro_rates) all_rates.insert(all_rates.end(), r.begin(), r.end());
       nlohmann::json line = {{"step", step},          {"loss", loss},
                              {"lr", lr},              {"grad_norm", norm},
-                             {"ms", ms},              {"tokens_per_s", context_tokens / (ms / 1000.0)},
+                             {"ms", ms},              {"tokens_per_s", tokens_per_s},
                              {"target_tokens", target_tokens}, {"skipped_steps", skipped_}};
       if (stage_->uses_compressor()) line["rates"] = all_rates;
       if (cuda) {
         line["peak_memory_gb"] = compat::cuda_peak_memory(setup_.device) / 1e9;
-        line["mfu"] = step_flops(micro, micro_rates) / (ms / 1000.0) / peak_flops;
+        line["mfu"] = mfu;
       }
       const bool eval_now = !eval_.empty() && ((cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0) || step == total);
       if (eval_now) line.update(evaluate());
       if (pg_.is_main()) metrics << line.dump() << "\n" << std::flush;
       const std::string msg = fmt::format("[{}] step {}/{} loss {:.4f} lr {:.2e} grad {:.3f} {:.0f} ms {:.0f} tok/s ETA {}",
                                           stage_->name(), step, total, loss, lr, norm, ms,
-                                          context_tokens / (ms / 1000.0), fmt_duration(eta));
+                                          tokens_per_s, fmt_duration(eta));
       if (bar) {
         const int width = 24, filled = static_cast<int>(width * step / std::max<int64_t>(total, 1));
         std::fprintf(stderr, "\r%s |%s%s| %s", msg.c_str(), std::string(filled, '#').c_str(),
@@ -620,8 +670,9 @@ StageSummary StageRunner::run() {
         log_->info("{}{}", msg, line.contains("eval_loss") ? " eval " + line["eval_loss"].dump() : "");
       }
     }
-    if (cfg_.train.save_every > 0 && step % cfg_.train.save_every == 0 && step < total) save_checkpoint(step);
+    if (save_now) save_checkpoint(step);
   }
+  drain();  // steps still on the device (a stop request) before the checkpoint below
   summary.steps = step;
   summary.losses = losses_;
   if (step < total) {

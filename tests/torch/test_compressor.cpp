@@ -1,5 +1,6 @@
 // The GMSA compressor against independent references: group merging vs a naive per-sample
 // loop, packed batches vs rows alone, and which parameters each stage trains.
+#include <optional>
 #include <regex>
 
 #include "gmsa/compressor/gmsa_model.h"
@@ -82,6 +83,60 @@ TEST(GroupMerging, RejectsRateBelowOne) {
   EXPECT_THROW(group_merge(states, mask, torch::tensor({0})), gmsa::Error);
 }
 
+// Lengths given on the host (what the compressor passes) change nothing: same embeds, mask
+// and lengths as lengths read from the mask, on rows of different lengths and rates.
+TEST(GroupMerging, HostLengthsGiveTheSameResult) {
+  torch::manual_seed(1);
+  const int64_t T = 11, H = 6;
+  auto states = torch::randn({4, T, H});
+  const std::vector<int64_t> lens{11, 3, 7, 1};
+  auto mask = torch::zeros({4, T}, torch::kLong);
+  for (int64_t b = 0; b < 4; ++b) mask[b].narrow(0, 0, lens[b]).fill_(1);
+  auto rates = torch::tensor({4, 2, 8, 3});
+  auto from_mask = group_merge(states, mask, rates);
+  auto from_host = group_merge(states, mask, rates, torch::tensor(lens));
+  EXPECT_TRUE(torch::equal(from_host.embeds, from_mask.embeds));
+  EXPECT_TRUE(torch::equal(from_host.mask, from_mask.mask));
+  EXPECT_TRUE(torch::equal(from_host.lengths, from_mask.lengths));
+  EXPECT_TRUE(torch::equal(from_host.lengths, torch::tensor({3, 2, 1, 1})));
+  EXPECT_EQ(from_host.embeds.size(1), 3);
+}
+
+// Sizes live on the host: the soft-token lengths are a CPU tensor whatever hidden's device, and
+// with host lengths and rates nothing is read from the device (checked on CUDA builds with a GPU).
+TEST(GroupMerging, LengthsAreOnTheHost) {
+  std::vector<torch::Device> devices{torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    auto states = torch::randn({2, 5, 3}, torch::TensorOptions().device(device));
+    auto mask = torch::ones({2, 5}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    auto from_mask = group_merge(states, mask, torch::tensor({2, 5}));
+    SoftTokens from_host;
+    {
+#if defined(GMSA_HAVE_C10_CUDA)
+      std::optional<gmsa::testing::ForbidCudaSync> no_sync;
+      if (device.is_cuda()) no_sync.emplace();
+#endif
+      from_host = group_merge(states, mask, torch::tensor({2, 5}), torch::tensor({5, 5}));
+    }
+    for (const auto& soft : {from_mask, from_host}) {
+      EXPECT_TRUE(soft.lengths.is_cpu()) << device;
+      EXPECT_EQ(soft.lengths.scalar_type(), torch::kLong);
+      EXPECT_TRUE(torch::equal(soft.lengths, torch::tensor({3, 1})));
+      EXPECT_EQ(soft.embeds.device(), device);
+      EXPECT_EQ(soft.mask.device(), device);
+    }
+  }
+}
+
+TEST(GroupMerging, RejectsHostLengthsOutsideTheRow) {
+  auto states = torch::randn({2, 4, 3});
+  auto mask = torch::ones({2, 4}, torch::kLong);
+  EXPECT_THROW(group_merge(states, mask, torch::tensor({1, 1}), torch::tensor({4, 5})), gmsa::Error);
+  EXPECT_THROW(group_merge(states, mask, torch::tensor({1, 1}), torch::tensor({-1, 4})), gmsa::Error);
+  EXPECT_THROW(group_merge(states, mask, torch::tensor({1, 1}), torch::tensor({4})), gmsa::Error);
+}
+
 class Methods : public ::testing::TestWithParam<std::string> {};
 
 // A mixed batch (different context lengths, rates, prompts and targets) gives each row the
@@ -154,6 +209,48 @@ TEST_P(Methods, SoftTokenCountIsCeilLOverR) {
   EXPECT_EQ(soft.lengths[0].item<int64_t>(), 4);
   EXPECT_EQ(soft.lengths[1].item<int64_t>(), 1);
   EXPECT_EQ(soft.embeds.size(1), 4);
+}
+
+// Sizes live on the host: the compressor's soft-token lengths and the packed input's lengths
+// are CPU tensors, and a batch moved to a device keeps its lengths and rates on the host.
+TEST_P(Methods, LengthsStayOnTheHost) {
+  auto m = tiny_gmsa(GetParam());
+  torch::NoGradGuard g;
+  auto ids = torch::randint(3, 90, {2, 9}, torch::kLong);
+  auto soft = m.compress(ids, torch::tensor({9, 5}), torch::tensor({2, 4}));
+  EXPECT_TRUE(soft.lengths.is_cpu());
+  EXPECT_TRUE(torch::equal(soft.lengths, torch::tensor({5, 2})));
+  TextBatch text{torch::randint(3, 90, {2, 4}, torch::kLong), torch::tensor({1, 2}), torch::tensor({3, 1})};
+  auto packed = pack_decoder_input(m.decoder, soft, text);
+  EXPECT_TRUE(packed.lengths.is_cpu());
+  EXPECT_TRUE(torch::equal(packed.lengths, torch::tensor({9, 5})));
+  EXPECT_EQ(packed.embeds.size(1), 9);
+  ModelBatch b;
+  b.context_ids = ids;
+  b.context_lengths = torch::tensor({9, 5});
+  b.rates = torch::tensor({2, 4});
+  b.text = text;
+  auto moved = b.to(torch::kCPU);
+  EXPECT_TRUE(moved.context_lengths.is_cpu() && moved.rates.is_cpu());
+  EXPECT_TRUE(moved.text.prompt_lengths.is_cpu() && moved.text.target_lengths.is_cpu());
+}
+
+TEST_P(Methods, RejectsBadLengthsAndRatesClearly) {
+  auto m = tiny_gmsa(GetParam());
+  torch::NoGradGuard g;
+  auto ids = torch::randint(3, 90, {2, 6}, torch::kLong);
+  auto message = [&](const torch::Tensor& lengths, const torch::Tensor& rates) -> std::string {
+    try {
+      m.compress(ids, lengths, rates);
+    } catch (const gmsa::Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message(torch::tensor({6, 7}), torch::tensor({2, 2})).find("[0, 6]"), std::string::npos);
+  EXPECT_NE(message(torch::tensor({6, -1}), torch::tensor({2, 2})).find("[0, 6]"), std::string::npos);
+  EXPECT_NE(message(torch::tensor({6, 3}), torch::tensor({2, 0})).find("rate must be >= 1"), std::string::npos);
+  EXPECT_NE(message(torch::tensor({6}), torch::tensor({2, 2})).find("must be [2]"), std::string::npos);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Methods, ::testing::Values("gmsa", "tcp"));

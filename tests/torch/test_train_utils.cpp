@@ -5,8 +5,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
+#include "gmsa/model/compat.h"
 #include "gmsa/train/checkpoint.h"
 #include "gmsa/train/optimizer.h"
 #include "gmsa/train/rate_sampler.h"
@@ -121,6 +123,116 @@ TEST(AdamW, CudaMatchesCpu) {
   }
   for (size_t i = 0; i < cpu.size(); ++i)
     EXPECT_LT(max_abs_diff(cpu[i].second, gpu[i].second.cpu()), 1e-5) << cpu[i].first;
+}
+
+namespace {
+
+// step(lr, skip) on `device`: skip = 1 changes nothing (parameters, moments, step count), even
+// with non-finite gradients; skip = 0 is exactly step(lr), before and after skipped steps, and
+// plain steps after flagged ones use the right bias correction.
+void check_skip_flag(torch::Device device) {
+  auto on_device = [&](const gmsa::NamedTensors& src) {
+    gmsa::NamedTensors out;
+    for (const auto& [n, t] : src) out.emplace_back(n, t.detach().to(device).set_requires_grad(true));
+    return out;
+  };
+  auto pa = on_device(make_params(5)), pb = on_device(make_params(5));
+  gmsa::AdamW a(pa, {0.9, 0.95, 1e-8, 0.1}), b(pb, {0.9, 0.95, 1e-8, 0.1});
+  auto grads = [&](gmsa::NamedTensors& p, int s) {
+    set_grads(p, s);
+    for (auto& [n, t] : p) t.mutable_grad() = t.grad().to(device);
+  };
+  auto flag = [&](float v) { return torch::full({}, v, torch::TensorOptions().dtype(torch::kFloat).device(device)); };
+  // a.step(lr, flag): on the fused CUDA path (LibTorch >= 2.1) without any host sync.
+  auto flagged_step = [&](double lr, float v) {
+    auto f = flag(v);
+#if defined(GMSA_HAVE_C10_CUDA) && GMSA_TORCH_AT_LEAST(2, 1)
+    if (device.is_cuda()) {
+      gmsa::testing::ForbidCudaSync no_sync;
+      a.step(lr, f);
+      return;
+    }
+#endif
+    a.step(lr, f);
+  };
+  auto snapshot = [](const gmsa::AdamW& o) {
+    std::vector<torch::Tensor> out;
+    for (const auto& [n, t] : o.params()) out.push_back(t.detach().clone());
+    for (const auto& [n, t] : o.state_tensors()) out.push_back(t.clone());
+    return out;
+  };
+  auto expect_same = [](const std::vector<torch::Tensor>& x, const std::vector<torch::Tensor>& y, const char* what) {
+    ASSERT_EQ(x.size(), y.size());
+    for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(torch::equal(x[i], y[i])) << what << " tensor " << i;
+  };
+  int s = 0;
+  for (; s < 2; ++s) {  // a: flag 0, b: plain steps
+    grads(pa, s);
+    grads(pb, s);
+    flagged_step(0.05, 0);
+    b.step(0.05);
+  }
+  expect_same(snapshot(a), snapshot(b), "after flag-0 steps");
+  EXPECT_EQ(a.step_count(), 2);
+  // Flagged steps: nothing moves, whatever the gradients hold.
+  for (int k = 0; k < 2; ++k) {
+    grads(pa, 100 + k);
+    pa[1].second.mutable_grad()[0][0] = std::numeric_limits<float>::infinity();
+    pa[3].second.mutable_grad()[1] = std::numeric_limits<float>::quiet_NaN();
+    const auto before = snapshot(a);
+    flagged_step(0.05, 1);
+    expect_same(snapshot(a), before, "after a flag-1 step");
+    EXPECT_EQ(a.step_count(), 2);
+  }
+  // Flag-0 and plain steps continue exactly like b, which never saw the flagged steps.
+  for (; s < 5; ++s) {
+    grads(pa, s);
+    grads(pb, s);
+    if (s == 3) a.step(0.1);
+    else flagged_step(0.1, 0);
+    b.step(0.1);
+    expect_same(snapshot(a), snapshot(b), "after a step following flagged ones");
+  }
+  EXPECT_EQ(a.step_count(), 5);
+  EXPECT_EQ(b.step_count(), 5);
+  // A flag-1 step right before a checkpoint: the saved count is the applied updates.
+  grads(pa, 50);
+  flagged_step(0.1, 1);
+  gmsa::NamedTensors saved;
+  for (const auto& [n, t] : a.state_tensors()) saved.emplace_back(n, t.clone());
+  auto pc = on_device(make_params(5));
+  for (size_t i = 0; i < pc.size(); ++i) pc[i].second.detach().copy_(pa[i].second.detach());
+  gmsa::AdamW c(pc, {0.9, 0.95, 1e-8, 0.1});
+  c.load_state(saved, a.step_count());
+  EXPECT_EQ(c.step_count(), 5);
+  grads(pa, s);
+  grads(pc, s);
+  flagged_step(0.1, 0);
+  c.step(0.1);
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i].second, pc[i].second)) << pa[i].first;
+  EXPECT_EQ(a.step_count(), 6);
+  // load_state replaces a count that lives on the device.
+  flagged_step(0.1, 0);
+  a.load_state(saved, 4);
+  EXPECT_EQ(a.step_count(), 4);
+}
+
+}  // namespace
+
+TEST(AdamW, SkipFlagLeavesEverythingOrStepsExactly) {
+  check_skip_flag(torch::kCPU);
+  gmsa::AdamW opt(make_params(1), {});
+  EXPECT_THROW(opt.step(0.1, torch::full({}, 0.5f)), gmsa::Error);
+  EXPECT_THROW(opt.step(0.1, torch::zeros({1})), gmsa::Error);                  // not 0-dim
+  EXPECT_THROW(opt.step(0.1, torch::zeros({}, torch::kDouble)), gmsa::Error);   // not fp32
+  EXPECT_EQ(opt.step_count(), 0);
+}
+
+// fp32 CUDA parameters: the fused kernel (LibTorch >= 2.1) with the flag as found_inf and the
+// step count advanced on the device, read back only by step_count().
+TEST(AdamW, CudaSkipFlagOnTheFusedPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: skipping a CUDA-only test";
+  check_skip_flag(torch::kCUDA);
 }
 
 TEST(AdamW, DecayRule) {

@@ -73,6 +73,20 @@ std::map<std::string, torch::Tensor> trained_weights(const std::string& run_dir)
   return out;
 }
 
+nlohmann::json latest_state(const std::string& run_dir) {
+  std::string latest;
+  for (auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints")) latest = std::max(latest, e.path().string());
+  std::ifstream in(latest + "/state.json");
+  return nlohmann::json::parse(in);
+}
+
+std::vector<nlohmann::json> metric_lines(const std::string& run_dir) {
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
 }  // namespace
 
 TEST(Trainer, AccumulatingTwoBatchesOfTwoEqualsOneBatchOfFour) {
@@ -159,6 +173,81 @@ TEST(Trainer, NonFiniteStepsAreSkippedThenTheRunStops) {
   std::string line, last;
   while (std::getline(metrics, line)) last = line;
   EXPECT_GE(nlohmann::json::parse(last).at("skipped_steps").get<int64_t>(), 1) << last;
+}
+
+// On CUDA the step results stay on the device until a drain point (logging steps, checkpoints,
+// a stop): the losses still match the CPU run, the logs report averages over the steps since
+// the previous drain, and a stopped run checkpoints (with the device-side step count) and
+// resumes like an uninterrupted one.
+TEST(Trainer, CudaRunDrainsAtLoggingStepsAndMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: skipping a CUDA-only test";
+  Fixture fx;
+  std::vector<std::string> common = {"stage.steps=7", "train.log_every=3", "run.dtype=fp32"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto sets = common;
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return fx.load(sets);
+  };
+  auto cpu = train(with({}));
+  auto gpu_cfg = with({"run.device=cuda"});
+  auto gpu = train(gpu_cfg);
+  ASSERT_TRUE(gpu[0].completed);
+  ASSERT_EQ(gpu[0].losses.size(), 7u);
+  ASSERT_EQ(cpu[0].losses.size(), 7u);
+  for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(gpu[0].losses[i], cpu[0].losses[i], 1e-3 * std::abs(cpu[0].losses[i])) << i;
+  auto lines = metric_lines(gpu[0].dir);
+  ASSERT_EQ(lines.size(), 3u);  // steps 3, 6 and the last
+  for (const auto& l : lines) {
+    EXPECT_GT(l.at("ms").get<double>(), 0.0) << l;
+    EXPECT_GT(l.at("tokens_per_s").get<double>(), 0.0) << l;
+    EXPECT_GT(l.at("mfu").get<double>(), 0.0) << l;
+    EXPECT_EQ(l.at("skipped_steps").get<int64_t>(), 0) << l;
+  }
+  EXPECT_EQ(lines.back().at("step").get<int64_t>(), 7);
+  EXPECT_NEAR(lines.back().at("loss").get<double>(), gpu[0].losses.back(), 1e-12);
+  auto st = latest_state(gpu[0].dir);
+  EXPECT_EQ(st.at("step").get<int64_t>(), 7);
+  EXPECT_EQ(st.at("optimizer_steps").get<int64_t>(), 7);
+  EXPECT_EQ(st.at("losses").size(), 7u);
+  // Stopped between logging steps (after step 4): the pending step is drained first.
+  auto cfg = with({"run.device=cuda"});
+  TrainOptions stop;
+  stop.stop_after_step = 4;
+  auto first = train(cfg, stop);
+  ASSERT_FALSE(first[0].completed);
+  ASSERT_EQ(first[0].losses.size(), 4u);
+  st = latest_state(first[0].dir);
+  EXPECT_EQ(st.at("step").get<int64_t>(), 4);
+  EXPECT_EQ(st.at("optimizer_steps").get<int64_t>(), 4);
+  auto resumed = train(cfg);
+  ASSERT_TRUE(resumed[0].completed);
+  ASSERT_EQ(resumed[0].losses.size(), 7u);
+  for (size_t i = 0; i < 7; ++i)
+    EXPECT_NEAR(resumed[0].losses[i], gpu[0].losses[i], 1e-4 * std::abs(gpu[0].losses[i])) << i;
+}
+
+// On CUDA a non-finite step is skipped on the device at once; the max_bad_steps stop happens at
+// the next drain point (here the first logging step), with a checkpoint of every step run.
+TEST(Trainer, CudaNonFiniteStepsStopAtTheNextDrainPoint) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: skipping a CUDA-only test";
+  Fixture fx;
+  auto cfg = fx.load({"optim.lr=1e30", "optim.clip=0", "stage.steps=20", "train.max_bad_steps=3",
+                      "train.log_every=6", "run.device=cuda", "run.dtype=fp32"});
+  try {
+    train(cfg);
+    FAIL() << "expected the run to stop";
+  } catch (const gmsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+  auto st = latest_state(effective_run_dir(cfg[0]));
+  const int64_t step = st.at("step").get<int64_t>();
+  EXPECT_GE(step, 3);
+  EXPECT_LE(step, 6);  // at the first drain point, not later
+  EXPECT_GE(st.at("skipped_steps").get<int64_t>(), 3);
+  EXPECT_GE(st.at("bad_in_row").get<int64_t>(), 3);
+  EXPECT_EQ(static_cast<int64_t>(st.at("losses").size()), step);
+  // The 6 steps before the drain ran; the skipped ones did not count as updates.
+  EXPECT_EQ(st.at("optimizer_steps").get<int64_t>(), 6 - st.at("skipped_steps").get<int64_t>());
 }
 
 // SIGTERM (here from `timeout`) makes `gmsa train` save a checkpoint and exit cleanly; the run

@@ -11,7 +11,23 @@
 #include "gmsa/compressor/compressor_config.h"
 #include "gmsa/model/config.h"
 
+#if defined(GMSA_HAVE_C10_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 namespace gmsa::testing {
+
+#if defined(GMSA_HAVE_C10_CUDA)
+// While alive, a CUDA host synchronisation made through c10 (item(), a blocking copy to or from
+// the device, synchronize) throws: code run under it provably does not sync. CUDA builds only.
+struct ForbidCudaSync {
+  c10::cuda::SyncDebugMode saved = c10::cuda::warning_state().get_sync_debug_mode();
+  ForbidCudaSync() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR); }
+  ~ForbidCudaSync() { c10::cuda::warning_state().set_sync_debug_mode(saved); }
+  ForbidCudaSync(const ForbidCudaSync&) = delete;
+  ForbidCudaSync& operator=(const ForbidCudaSync&) = delete;
+};
+#endif
 
 // ../shared/data, reached through GMSA_DATA_DIR; tests call GTEST_SKIP when it is unset.
 inline std::string data_dir() {

@@ -16,7 +16,9 @@ class CompressorImpl : public torch::nn::Module {
  public:
   CompressorImpl(Decoder& decoder, const CompressorConfig& cfg);
 
-  // ids [B, L] right-padded context tokens (no BOS), lengths [B], rates [B] >= 1.
+  // ids [B, L] right-padded context tokens (no BOS), lengths [B] in [0, L], rates [B] >= 1.
+  // lengths and rates are read on the host: pass CPU tensors (a device tensor costs one
+  // device-to-host copy each). The result's lengths are on the CPU (see SoftTokens).
   SoftTokens forward(const torch::Tensor& ids, const torch::Tensor& lengths,
                      const torch::Tensor& rates);
 

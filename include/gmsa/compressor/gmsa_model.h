@@ -14,11 +14,12 @@
 
 namespace gmsa {
 
-// One micro-batch, on the model's device.
+// One micro-batch. Sizes live on the host, contents on the device: to() moves the id tensors
+// (non-blocking) and keeps lengths and rates on the CPU, where the model reads them for free.
 struct ModelBatch {
   torch::Tensor context_ids;      // [B, L] right-padded; undefined: nothing to compress
-  torch::Tensor context_lengths;  // [B]
-  torch::Tensor rates;            // [B]
+  torch::Tensor context_lengths;  // [B] int64, host (CPU)
+  torch::Tensor rates;            // [B] int64, host (CPU)
   TextBatch text;                 // prompt || target
   ModelBatch to(torch::Device d) const;
 };

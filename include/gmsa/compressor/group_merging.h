@@ -2,22 +2,31 @@
 // Group merging (GMSA, Sec. 3.1): a sample's L context states are split into consecutive
 // groups of r (its compression rate); each group is averaged into one soft token, a shorter
 // last group into one more: ceil(L / r) soft tokens. Padding never enters a mean.
+//
+// Sizes live on the host, contents on the device: every length of a batch is known on the
+// host when it is collated, so sizes (soft-token counts, the padded width M) are computed on
+// the CPU and only the tensors' contents are computed on the accelerator. This keeps a
+// training step free of device-to-host synchronisation.
 #include <torch/torch.h>
 
 namespace gmsa {
 
 struct SoftTokens {
-  torch::Tensor embeds;  // [B, M, H], right-padded with zeros, M = max_b ceil(L_b / r_b)
-  torch::Tensor mask;    // [B, M] int64, 1 = real soft token
-  torch::Tensor lengths; // [B] int64: ceil(L_b / r_b)
+  torch::Tensor embeds;  // [B, M, H] on the device, right-padded with zeros, M = max_b ceil(L_b / r_b)
+  torch::Tensor mask;    // [B, M] int64 on the device, 1 = real soft token
+  torch::Tensor lengths; // [B] int64 on the HOST (CPU): ceil(L_b / r_b); reading it costs nothing
 };
 
 // hidden [B, T, H]; mask [B, T] (1 = real token, padding may sit on either side);
-// rates [B] int64 >= 1, one per sample. Fully vectorised: one scatter-add, no host loop.
+// rates [B] int64 >= 1, one per sample, validated and used on the host (a device tensor costs
+// one device-to-host copy: pass a CPU tensor). host_lengths [B], optional: the real tokens per
+// row (= mask.sum(1)) if the caller knows them; then nothing is read from the device, otherwise
+// mask.sum(1) is read once. The result's lengths are on the CPU, embeds and mask on hidden's
+// device. Fully vectorised: one scatter-add, no host loop.
 SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
-                       const torch::Tensor& rates);
+                       const torch::Tensor& rates, const torch::Tensor& host_lengths = {});
 
-// ceil(L / r) for each sample.
+// ceil(L / r) for each sample (on the inputs' device).
 torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tensor& rates);
 
 }  // namespace gmsa

@@ -14,12 +14,14 @@ class MemoryTokensImpl : public torch::nn::Module {
   MemoryTokensImpl(int64_t hidden, const CompressorConfig& cfg);
 
   // Encoder input: each row's context embeddings, then its memory tokens, then padding.
-  // ctx [B, L, H] right-padded, lengths [B], counts [B] memory tokens per row.
-  torch::Tensor append(const torch::Tensor& ctx, const torch::Tensor& lengths,
-                       const torch::Tensor& counts) const;
-  // The encoder states at each row's memory positions, through the MLP.
-  SoftTokens read(const torch::Tensor& states, const torch::Tensor& lengths,
-                  const torch::Tensor& counts);
+  // ctx [B, L, H] right-padded; host_lengths [B] context tokens and host_counts [B] memory
+  // tokens per row: int64 CPU tensors (sizes are computed on the host, no device read).
+  torch::Tensor append(const torch::Tensor& ctx, const torch::Tensor& host_lengths,
+                       const torch::Tensor& host_counts) const;
+  // The encoder states at each row's memory positions, through the MLP. Same host tensors as
+  // append(); the result's lengths are host_counts (CPU), embeds and mask on states' device.
+  SoftTokens read(const torch::Tensor& states, const torch::Tensor& host_lengths,
+                  const torch::Tensor& host_counts);
 
   torch::Tensor memory;  // [max_memory, H]
   torch::nn::Sequential mlp{nullptr};

@@ -32,8 +32,13 @@ class ZeroAdamW {
 
   // AdamW on the own shard (every call advances step_count()), then the parameter broadcast.
   void step(double lr);
+  // AdamW::step(lr, skip) on the own shard (skip: 0-dim fp32, 1 = leave everything unchanged;
+  // no host read on the fused CUDA path), then the broadcast. The flag must agree on all ranks
+  // (the trainer derives it from all-reduced values). A CPU flag of 1 returns at once.
+  void step(double lr, const torch::Tensor& skip);
   // Drops every parameter's gradient (all ranks hold all gradients).
   void zero_grad();
+  // Lazily brought up to date after step(lr, skip) on the device: see AdamW::step_count().
   int64_t step_count() const { return local_.step_count(); }
 
   // The full state under AdamW's names ("exp_avg/<param>", "exp_avg_sq/<param>", same order) on
@@ -55,6 +60,8 @@ class ZeroAdamW {
   static std::vector<int64_t> partition(const std::vector<int64_t>& numels, int64_t world);
 
  private:
+  void broadcast_params();  // each parameter from its owner (nothing without sharding)
+
   ProcessGroup& pg_;
   bool shard_;
   NamedTensors params_;

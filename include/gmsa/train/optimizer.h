@@ -37,9 +37,20 @@ class AdamW {
   // otherwise the _foreach_ ops (a multi-tensor loop on CUDA, a plain loop on CPU). Every call
   // advances step_count() by one, even if no parameter has a gradient.
   void step(double lr);
+  // The same update, made conditional on `skip`, a 0-dim fp32 tensor: 1.0 = the step is bad
+  // (non-finite loss or gradients): nothing changes (parameters, moments, step_count());
+  // 0.0 = exactly step(lr). Other values are an error. Without host synchronisation where the
+  // update is the fused CUDA kernel (LibTorch >= 2.1, every parameter with a gradient fusable
+  // and on skip's device): skip is the kernel's found_inf, and the step counter the kernel reads
+  // for the bias correction is advanced by 1 - skip on the device. Otherwise (CPU, foreach path)
+  // skip is read on the host (free on the CPU) and step(lr) runs when it is 0.
+  void step(double lr, const torch::Tensor& skip);
   // Drops the gradients (grad() becomes undefined), like set_to_none=True.
   void zero_grad();
-  int64_t step_count() const { return step_count_; }
+  // Updates made so far. After step(lr, skip) on the fused path the count lives on the device:
+  // the first call afterwards reads it (one host synchronisation) and caches it, so call it
+  // where a sync is acceptable (checkpoints, logs), not inside a training step.
+  int64_t step_count() const;
 
   // The moments, named "exp_avg/<param>" and "exp_avg_sq/<param>" (live tensors, not copies).
   NamedTensors state_tensors() const;
@@ -63,22 +74,35 @@ class AdamW {
     torch::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
   };
-  void update_group(const std::vector<size_t>& idx, double lr, double weight_decay);
-  void update_fused(const std::vector<size_t>& idx, std::vector<torch::Tensor>& p,
-                    std::vector<torch::Tensor>& g, std::vector<torch::Tensor>& m,
-                    std::vector<torch::Tensor>& v, double lr, double weight_decay);
-  void update_foreach(std::vector<torch::Tensor>& p, std::vector<torch::Tensor>& g,
-                      std::vector<torch::Tensor>& m, std::vector<torch::Tensor>& v, double lr,
-                      double weight_decay) const;
+  // The tensors of one update: parameters with a gradient, one weight decay.
+  struct Group {
+    std::vector<size_t> idx;
+    std::vector<torch::Tensor> p, g, m, v;
+    double weight_decay = 0;
+  };
+  std::vector<Group> groups() const;  // non-empty groups only
+  void update_group(Group& group, double lr);
+  // found_inf: undefined, or the 0-dim fp32 skip flag on the parameters' device.
+  void update_fused(Group& group, double lr, const torch::Tensor& found_inf);
+  void update_foreach(Group& group, double lr) const;
+  // The fused kernels' step tensors on `device`, holding the host count unless the device is
+  // ahead. Makes the host count current first if the counter has to move to another device.
+  torch::Tensor& device_steps(torch::Device device);
+  // Brings step_count_ up to date from the device counter (one read) if the device is ahead.
+  void sync_step_count() const;
 
   NamedTensors params_;
   AdamWOptions options_;
   std::vector<Slot> slots_;
-  int64_t step_count_ = 0;
-  // Fused path only: one fp32 element per parameter on the CUDA device, all holding
-  // fused_steps_value_ (refreshed when step_count_ moves on).
+  // The host count; while device_ahead_, fused_steps_ holds the true count instead (advanced
+  // on the device by step(lr, skip)) and step_count() reads it lazily.
+  mutable int64_t step_count_ = 0;
+  mutable bool device_ahead_ = false;
+  // Fused path only: max(1, #parameters) fp32 elements on the CUDA device, one step tensor per
+  // parameter, all holding the same count: fused_steps_value_ (refreshed when step_count_ moves
+  // on), or the true count while device_ahead_.
   torch::Tensor fused_steps_;
-  int64_t fused_steps_value_ = -1;
+  mutable int64_t fused_steps_value_ = -1;
 };
 
 // All parameters that require grad, with their dotted module paths as names.
