@@ -122,8 +122,8 @@ struct Bench {
     SoftTokens soft;
     BenchSample s;
     if (rate > 0) {
-      auto opts_long = torch::TensorOptions().dtype(torch::kLong).device(device);
-      soft = compressor->forward(context, torch::full({B}, L, opts_long), torch::full({B}, rate, opts_long));
+      // Sizes on the host (the compressor reads them there, no device round trip).
+      soft = compressor->forward(context, torch::full({B}, L, torch::kLong), torch::full({B}, rate, torch::kLong));
       sync(device);
       s.compress_ms = ms_since(t0);
     }
