@@ -15,6 +15,21 @@ using gmsa::testing::max_rel_diff;
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: skipping a CUDA-only test"
 
 namespace {
+// One bf16 rounding step apart at most (the fp32 sums differ in order only).
+bool within_ulp(const torch::Tensor& a, const torch::Tensor& b) {
+  auto d = (a.to(torch::kFloat) - b.to(torch::kFloat)).abs();
+  return (d <= b.to(torch::kFloat).abs() * (1.0 / 128) + 1e-6).all().item<bool>();
+}
+
+// A bf16 RMSNorm on the GPU with weights around 1.
+RMSNorm bf16_norm(int64_t dim) {
+  RMSNorm norm(dim, 1e-5);
+  norm->to(torch::kCUDA, torch::kBFloat16);
+  torch::NoGradGuard g;
+  norm->weight.normal_(1.0, 0.1);
+  return norm;
+}
+
 double rel_l2(const torch::Tensor& a, const torch::Tensor& b) {
   auto d = (a.to(torch::kDouble) - b.to(torch::kDouble)).norm();
   return (d / b.to(torch::kDouble).norm()).item<double>();
@@ -124,14 +139,7 @@ TEST(Cuda, FusedKernelsReproduceThePlainOps) {
   torch::NoGradGuard g;
   torch::manual_seed(0);
   auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
-  // One bf16 rounding step apart at most (the fp32 sums differ in order only).
-  auto within_ulp = [](const torch::Tensor& a, const torch::Tensor& b) {
-    auto d = (a.to(torch::kFloat) - b.to(torch::kFloat)).abs();
-    return (d <= b.to(torch::kFloat).abs() * (1.0 / 128) + 1e-6).all().item<bool>();
-  };
-  RMSNorm norm(4096, 1e-5);
-  norm->to(torch::kCUDA, torch::kBFloat16);
-  norm->weight.normal_(1.0, 0.1);
+  auto norm = bf16_norm(4096);
   auto x = torch::randn({3, 5, 4096}, bf) * 3;
   fused::set_enabled(false);
   auto plain_norm = norm(x);
@@ -282,14 +290,8 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
   torch::manual_seed(1);
   auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
   auto longs = torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA);
-  auto within_ulp = [](const torch::Tensor& a, const torch::Tensor& b) {
-    auto d = (a.to(torch::kFloat) - b.to(torch::kFloat)).abs();
-    return (d <= b.to(torch::kFloat).abs() * (1.0 / 128) + 1e-6).all().item<bool>();
-  };
   // Residual add + RMSNorm.
-  RMSNorm norm(4096, 1e-5);
-  norm->to(torch::kCUDA, torch::kBFloat16);
-  norm->weight.normal_(1.0, 0.1);
+  auto norm = bf16_norm(4096);
   auto x = torch::randn({3, 4096}, bf) * 2, y = torch::randn({3, 4096}, bf);
   auto [h, normed] = decode_ops::add_rms_norm(x, y, norm->weight, 1e-5);
   ASSERT_TRUE(h.defined());
