@@ -91,19 +91,23 @@ __device__ __forceinline__ void load_bf16(const bf16* p, float (&out)[E]) {
 }
 
 constexpr int kAttnWarps = 4;
-constexpr int kKeysInFlight = 4;  // keys each warp loads before it reduces: memory parallelism
+constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduces: memory parallelism
 
-// Block (split, h, b): online softmax over its share of the columns, one warp per sub-range,
-// each lane holding E = D / 32 dims; the block's warps are merged through shared memory and
-// written as (max, sum, unnormalised output[D]) to the workspace.
-template <int E>
+// Block (split, h, b): online softmax over its share of the columns, one warp per sub-range.
+// Each lane loads 16 bytes (8 dims) of a key row per step, so D / 8 lanes form a group that
+// holds one key and a warp reads 256 / D keys per step; each group keeps its own running
+// (max, sum, output), merged across the warp's groups and then across the block's warps
+// through shared memory, and written as (max, sum, unnormalised output[D]) to the workspace.
+template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     decode_attention_split_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
                                   const int64_t* slot, float* workspace, int64_t heads, int64_t kv_heads,
                                   int64_t capacity, int64_t splits, float scale) {
-  constexpr int D = 32 * E;
+  constexpr int G = D / 8;           // lanes per key
+  constexpr int kKeysPerStep = 32 / G;
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int sub = lane % G, grp = lane / G;  // dims [8 sub, 8 sub + 8) of key grp of a step
   const int64_t live = slot ? min(*slot + 1, capacity) : capacity;  // later columns are unwritten
   const int64_t chunk = (live + splits - 1) / splits;
   const int64_t start = min(live, split * chunk), end = min(live, start + chunk);
@@ -111,63 +115,76 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int64_t w_start = min(end, start + warp * per_warp), w_end = min(end, w_start + per_warp);
 
   const int64_t kvh = h / (heads / kv_heads);
-  const bf16* kb = k_cache + (b * kv_heads + kvh) * capacity * D + lane * E;
-  const bf16* vb = v_cache + (b * kv_heads + kvh) * capacity * D + lane * E;
+  const bf16* kb = k_cache + (b * kv_heads + kvh) * capacity * D + sub * 8;
+  const bf16* vb = v_cache + (b * kv_heads + kvh) * capacity * D + sub * 8;
   const bool* mb = key_mask + b * capacity;
-  float qf[E];
-  load_bf16<E>(q + (b * heads + h) * D + lane * E, qf);
+  float qf[8];
+  load_bf16<8>(q + (b * heads + h) * D + sub * 8, qf);
 
-  float m = -INFINITY, l = 0.f, acc[E];
+  float m = -INFINITY, l = 0.f, acc[8] = {};
+  for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * kStepsInFlight) {
+    float kf[kStepsInFlight][8], vf[kStepsInFlight][8], s[kStepsInFlight];
+    bool ok[kStepsInFlight];
 #pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
-  for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysInFlight) {
-    float kf[kKeysInFlight][E], vf[kKeysInFlight][E], s[kKeysInFlight];
-    bool ok[kKeysInFlight];
-#pragma unroll
-    for (int u = 0; u < kKeysInFlight; ++u) {
-      const int64_t j = j0 + u;
+    for (int u = 0; u < kStepsInFlight; ++u) {
+      const int64_t j = j0 + u * kKeysPerStep + grp;
       ok[u] = j < w_end && mb[j];
       if (j < w_end) {
-        load_bf16<E>(kb + j * D, kf[u]);
-        load_bf16<E>(vb + j * D, vf[u]);
+        load_bf16<8>(kb + j * D, kf[u]);
+        load_bf16<8>(vb + j * D, vf[u]);
       } else {
 #pragma unroll
-        for (int e = 0; e < E; ++e) kf[u][e] = vf[u][e] = 0.f;
+        for (int e = 0; e < 8; ++e) kf[u][e] = vf[u][e] = 0.f;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kKeysInFlight; ++u) {
+    for (int u = 0; u < kStepsInFlight; ++u) {
       s[u] = 0.f;
 #pragma unroll
-      for (int e = 0; e < E; ++e) s[u] += qf[e] * kf[u][e];
+      for (int e = 0; e < 8; ++e) s[u] += qf[e] * kf[u][e];
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
+    for (int o = G / 2; o > 0; o >>= 1)  // within the key's group of lanes
 #pragma unroll
-      for (int u = 0; u < kKeysInFlight; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+      for (int u = 0; u < kStepsInFlight; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
     float mx = m;
 #pragma unroll
-    for (int u = 0; u < kKeysInFlight; ++u) {
+    for (int u = 0; u < kStepsInFlight; ++u) {
       s[u] = ok[u] ? s[u] * scale : -INFINITY;
       mx = fmaxf(mx, s[u]);
     }
-    if (mx == -INFINITY) continue;  // warp-uniform: nothing allowed yet
-    const float corr = __expf(m - mx);
-    float p[kKeysInFlight], psum = 0.f;
+    if (mx != -INFINITY) {  // nothing allowed yet in this group otherwise
+      const float corr = __expf(m - mx);
+      float p[kStepsInFlight], psum = 0.f;
 #pragma unroll
-    for (int u = 0; u < kKeysInFlight; ++u) {
-      p[u] = __expf(s[u] - mx);
-      psum += p[u];
+      for (int u = 0; u < kStepsInFlight; ++u) {
+        p[u] = __expf(s[u] - mx);
+        psum += p[u];
+      }
+      l = l * corr + psum;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float a = acc[e] * corr;
+#pragma unroll
+        for (int u = 0; u < kStepsInFlight; ++u) a += p[u] * vf[u][e];
+        acc[e] = a;
+      }
+      m = mx;
     }
-    l = l * corr + psum;
+  }
+  // Merge the warp's groups: lanes with the same dims (same sub) exchange their states.
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      float a = acc[e] * corr;
+  for (int o = G; o < 32; o <<= 1) {
+    const float mo = __shfl_xor_sync(0xffffffffu, m, o), lo = __shfl_xor_sync(0xffffffffu, l, o);
+    float ao[8];
 #pragma unroll
-      for (int u = 0; u < kKeysInFlight; ++u) a += p[u] * vf[u][e];
-      acc[e] = a;
-    }
-    m = mx;
+    for (int e = 0; e < 8; ++e) ao[e] = __shfl_xor_sync(0xffffffffu, acc[e], o);
+    const float big = fmaxf(m, mo);
+    const float fa = m == -INFINITY ? 0.f : __expf(m - big), fb = mo == -INFINITY ? 0.f : __expf(mo - big);
+    l = l * fa + lo * fb;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = acc[e] * fa + ao[e] * fb;
+    m = big;
   }
 
   __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
@@ -176,8 +193,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     sm_m[warp] = m;
     sm_l[warp] = l;
   }
+  if (grp == 0)
 #pragma unroll
-  for (int e = 0; e < E; ++e) sm_acc[warp][lane * E + e] = acc[e];
+    for (int e = 0; e < 8; ++e) sm_acc[warp][sub * 8 + e] = acc[e];
   __syncthreads();
   float big = -INFINITY;
 #pragma unroll
@@ -353,14 +371,14 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
   const auto* qp = static_cast<const bf16*>(q);
   const auto* kp = static_cast<const bf16*>(k_cache);
   const auto* vp = static_cast<const bf16*>(v_cache);
-#define GMSA_DECODE_ATTENTION(E)                                                                              \
-  decode_attention_split_kernel<E><<<grid, kAttnWarps * 32, 0, stream>>>(qp, kp, vp, key_mask, slot, workspace, \
+#define GMSA_DECODE_ATTENTION(D)                                                                              \
+  decode_attention_split_kernel<D><<<grid, kAttnWarps * 32, 0, stream>>>(qp, kp, vp, key_mask, slot, workspace, \
                                                                          heads, kv_heads, capacity, splits, scale)
   switch (dim) {
-    case 32: GMSA_DECODE_ATTENTION(1); break;
-    case 64: GMSA_DECODE_ATTENTION(2); break;
-    case 128: GMSA_DECODE_ATTENTION(4); break;
-    case 256: GMSA_DECODE_ATTENTION(8); break;
+    case 32: GMSA_DECODE_ATTENTION(32); break;
+    case 64: GMSA_DECODE_ATTENTION(64); break;
+    case 128: GMSA_DECODE_ATTENTION(128); break;
+    case 256: GMSA_DECODE_ATTENTION(256); break;
     default: return;  // the caller checks decode_attention_supports()
   }
 #undef GMSA_DECODE_ATTENTION
