@@ -113,7 +113,7 @@ struct Bench {
   torch::Device device;
 
   // One timed run of a case: compress (rate > 0), then generate exactly new_tokens.
-  BenchSample once(int64_t rate, int64_t* decoder_tokens, BenchCase* c) {
+  BenchSample once(int64_t rate, BenchCase& c) {
     torch::NoGradGuard no_grad;
     const int64_t B = context.size(0), L = context.size(1);
     const auto& mc = decoder->config();
@@ -139,15 +139,15 @@ struct Bench {
       }
       p.ids.insert(p.ids.end(), prompt.begin(), prompt.end());
     }
-    *decoder_tokens = (rate > 0 ? prompts[0].prefix_embeds.size(0) : 0) + prompts[0].ids.size();
+    c.decoder_tokens = (rate > 0 ? prompts[0].prefix_embeds.size(0) : 0) + prompts[0].ids.size();
     GenerationConfig gen;
     gen.max_new_tokens = opts.new_tokens;
     gen.repetition_penalty = 1.3;  // the evaluation's setting
     gen.eos_ids = {-1};            // never stop early: every run decodes new_tokens
     gen.cuda_graph = opts.cuda_graph;
     auto res = generate(decoder, prompts, gen);
-    c->cuda_graph = res.cuda_graph;
-    c->decode_kernels = res.decode_kernels;
+    c.cuda_graph = res.cuda_graph;
+    c.decode_kernels = res.decode_kernels;
     s.total_ms = ms_since(t0);
     s.prefill_ms = res.prefill_ms;
     s.decode_ms = res.decode_ms;
@@ -160,8 +160,8 @@ struct Bench {
     c.rate = rate;
     c.name = rate > 0 ? fmt::format("{}@{}x", compressor->config().method, rate) : "original";
     reset_peak_memory(device);
-    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, &c.decoder_tokens, &c);
-    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, &c.decoder_tokens, &c));
+    for (int64_t i = 0; i < opts.warmup; ++i) once(rate, c);
+    for (int64_t i = 0; i < opts.repeats; ++i) c.samples.push_back(once(rate, c));
     c.peak_bytes = peak_memory(device);
     c.median = median_sample(c.samples);
     c.tokens_per_s = opts.batch * opts.new_tokens / (c.median.total_ms / 1000.0);

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
 #include "common.cuh"
 #include "decode_kernels.h"
@@ -68,25 +67,15 @@ __global__ void rope_store_kv_kernel(const bf16* qkv, int64_t qkv_stride, const 
 
 // ---------------------------------------------------------------- split-KV decode attention
 
-// E consecutive bf16 values as floats, in one load of 2 * E bytes.
-template <int E>
-__device__ __forceinline__ void load_bf16(const bf16* p, float (&out)[E]) {
-  if constexpr (E == 1) {
-    out[0] = __bfloat162float(*p);
-  } else if constexpr (E == 2) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-    out[0] = f.x;
-    out[1] = f.y;
-  } else {
-    using Vec = std::conditional_t<E == 4, uint2, uint4>;
-    const Vec u = *reinterpret_cast<const Vec*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+// Eight consecutive bf16 values as floats, in one 16-byte load.
+__device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
-    for (int j = 0; j < E / 2; ++j) {
-      const float2 f = __bfloat1622float2(h[j]);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    out[2 * j] = f.x;
+    out[2 * j + 1] = f.y;
   }
 }
 
@@ -119,7 +108,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const bf16* vb = v_cache + (b * kv_heads + kvh) * capacity * D + sub * 8;
   const bool* mb = key_mask + b * capacity;
   float qf[8];
-  load_bf16<8>(q + (b * heads + h) * D + sub * 8, qf);
+  load8(q + (b * heads + h) * D + sub * 8, qf);
 
   float m = -INFINITY, l = 0.f, acc[8] = {};
   for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * kStepsInFlight) {
@@ -130,8 +119,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       const int64_t j = j0 + u * kKeysPerStep + grp;
       ok[u] = j < w_end && mb[j];
       if (j < w_end) {
-        load_bf16<8>(kb + j * D, kf[u]);
-        load_bf16<8>(vb + j * D, vf[u]);
+        load8(kb + j * D, kf[u]);
+        load8(vb + j * D, vf[u]);
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e) kf[u][e] = vf[u][e] = 0.f;

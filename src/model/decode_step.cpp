@@ -73,10 +73,9 @@ bool DecodeStep::kernels_apply() const {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
     auto& mlp = layer->mlp;
-    if (!attn->packed_qkv().defined() || !mlp->packed_gate_up().defined() || attn->o_proj->has_lora() ||
-        mlp->down_proj->has_lora())
-      return false;
-    for (const auto& w : {attn->packed_qkv().weight, mlp->packed_gate_up().weight, attn->o_proj->weight,
+    auto qkv = attn->packed_qkv(), gate_up = mlp->packed_gate_up();
+    if (!qkv.defined() || !gate_up.defined() || attn->o_proj->has_lora() || mlp->down_proj->has_lora()) return false;
+    for (const auto& w : {qkv.weight, gate_up.weight, attn->o_proj->weight,
                           mlp->down_proj->weight, layer->input_layernorm->weight,
                           layer->post_attention_layernorm->weight})
       if (w.scalar_type() != bf16) return false;
