@@ -59,7 +59,11 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
                 "Decode through the layers' forward instead of the decoding kernels (split-KV attention, ...)");
   sub->add_flag("!--no-merge-lora", o.merge_lora,
                 "Compress with the LoRA adapters as trained instead of merged into private encoder weights");
-  sub->add_flag("!--cublas-gemv", o.custom_gemv, "Batch-1 decoding GEMVs through cuBLAS instead of our kernel");
+  sub->add_option("--gemv", o.gemv,
+                  "Kernels of the decoding step's projections: auto (ours where they win), cublas, tc (our "
+                  "tensor-core skinny GEMM for 1-16 rows); default: GMSA_DECODE_GEMV or auto")
+      ->check(CLI::IsMember({"auto", "cublas", "tc"}));
+  sub->add_flag("!--no-pdl", o.pdl, "Launch the decoding kernels without programmatic dependent launch");
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });
 });

@@ -226,7 +226,8 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   validate(opts);
   fused::set_enabled(opts.fused_kernels);
   decode_ops::set_enabled(opts.decode_kernels);
-  decode_ops::set_custom_gemv(opts.custom_gemv);
+  if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
+  decode_ops::set_programmatic_launch(opts.pdl);
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};
@@ -280,7 +281,8 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"dtype", dtype == torch::kBFloat16 ? "bf16" : "fp32"},
       {"fused_kernels", fused::enabled()},
       {"decode_kernels", decode_ops::enabled()},
-      {"custom_gemv", decode_ops::custom_gemv()},
+      {"gemv", decode_ops::projection_name(decode_ops::projection())},
+      {"programmatic_launch", decode_ops::programmatic_launch()},
       {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},

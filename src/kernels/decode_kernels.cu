@@ -6,6 +6,7 @@
 
 #include "common.cuh"
 #include "decode_kernels.h"
+#include "skinny_gemm.cuh"
 
 namespace gmsa::kernels {
 namespace {
@@ -16,6 +17,8 @@ using bf16 = __nv_bfloat16;
 
 __global__ void add_rms_norm_kernel(const bf16* x, const bf16* y, const bf16* w, bf16* h, bf16* normed,
                                     int64_t cols, float eps) {
+  grid_dependency_wait();
+  grid_dependents_launch();
   const int64_t off = blockIdx.x * cols;
   float sq = 0.f;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -31,6 +34,8 @@ __global__ void add_rms_norm_kernel(const bf16* x, const bf16* y, const bf16* w,
 
 __global__ void add_rms_norm_vec_kernel(const bf16* x, const bf16* y, const bf16* w, bf16* h, bf16* normed,
                                         int64_t cols, float eps) {
+  grid_dependency_wait();
+  grid_dependents_launch();
   const int64_t off = blockIdx.x * cols;
   rms_norm_row_vec(x + off, y + off, w, h + off, normed + off, cols, eps);
 }
@@ -43,6 +48,8 @@ __global__ void rope_store_kv_kernel(const bf16* qkv, int64_t qkv_stride, const 
                                      bf16* q_out, bf16* k_cache, bf16* v_cache, const int64_t* slot,
                                      int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity,
                                      int64_t pairs) {
+  grid_dependency_wait();
+  grid_dependents_launch();
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= pairs) return;
   const int64_t half = dim / 2, all_heads = heads + 2 * kv_heads;
@@ -97,6 +104,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int sub = lane % G, grp = lane / G;  // dims [8 sub, 8 sub + 8) of key grp of a step
+  grid_dependency_wait();
   const int64_t live = slot ? min(*slot + 1, capacity) : capacity;  // later columns are unwritten
   const int64_t chunk = (live + splits - 1) / splits;
   const int64_t start = min(live, split * chunk), end = min(live, start + chunk);
@@ -161,6 +169,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       m = mx;
     }
   }
+  grid_dependents_launch();
   // Merge the warp's groups: lanes with the same dims (same sub) exchange their states.
 #pragma unroll
   for (int o = G; o < 32; o <<= 1) {
@@ -214,6 +223,8 @@ __global__ void decode_attention_merge_kernel(const float* workspace, bf16* out,
                                               int64_t splits) {
   const int64_t h = blockIdx.x, b = blockIdx.y;
   const int d = threadIdx.x;
+  grid_dependency_wait();
+  grid_dependents_launch();
   const float* base = workspace + (b * heads + h) * splits * (dim + 2);
   __shared__ float weight[kMaxSplits];
   __shared__ float inv_sum;
@@ -263,80 +274,141 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// Warp w computes outputs [w * kRows, (w + 1) * kRows); lane l reads 8 values (16 bytes) of
-// each row per step of 256 values, kUnroll steps issued before the first use: kRows * kUnroll
-// loads in flight per lane. Many rows: 4 per warp (each x load serves four rows); few rows
-// (4096): 1 per warp, so that the GPU still gets enough warps to cover memory latency.
-template <int kRows, int kUnroll>
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* w, const bf16* x, bf16* y, int64_t n,
-                                                            int64_t k) {
+// Warp w computes rows [w * kRows, (w + 1) * kRows) (SwiGLU: gate rows [w * kRows / 2, ...)
+// and their up rows, kRows / 2 outputs); lane l reads 8 values (16 bytes) of each row per
+// 256-value chunk, kUnroll chunks per step, all issued before the first use: kRows * kUnroll
+// loads in flight per lane (a K that is not a multiple of the step is handled by predicated
+// loads, not by a serial tail). The first step's weights are loaded before the wait for the
+// previous kernel (programmatic dependent launch).
+template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
+                                                            bf16* __restrict__ y, int64_t n, int64_t k) {
+  constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
+  constexpr int kOuts = kSwiGLU ? kRows / 2 : kRows;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t row0 = warp * kRows;
-  if (row0 >= n) return;
-  const int rows = static_cast<int>(n - row0 < kRows ? n - row0 : kRows);
-  float sum[kRows] = {};
-  int64_t c = lane * 8;
-  for (; c + (kUnroll - 1) * 256 < k; c += kUnroll * 256) {
-    uint4 xv[kUnroll], wv[kUnroll][kRows];
+  const int64_t outs = kSwiGLU ? n / 2 : n, out0 = warp * kOuts;
+  if (out0 >= outs) return;
+  const bf16* wr[kRows];
+  bool ok[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t o = out0 + r % kOuts;
+    ok[r] = o < outs;
+    const int64_t row = kSwiGLU && r >= kOuts ? outs + o : o;
+    wr[r] = w + (ok[r] ? row : 0) * k + lane * 8;
+  }
+  const int64_t steps = (k + 256 * kUnroll - 1) / (256 * kUnroll);
+  uint4 wv[kUnroll][kRows];
+  auto load_w = [&](int64_t s) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      xv[u] = *reinterpret_cast<const uint4*>(x + c + u * 256);
+      const int64_t c = (s * kUnroll + u) * 256;
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)  // read once: streamed past the caches
-        if (r < rows) wv[u][r] = __ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c + u * 256));
+      for (int r = 0; r < kRows; ++r)
+        wv[u][r] = ok[r] && c + lane * 8 < k ? load_weights16<kPolicy>(wr[r] + c) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  float sum[kRows] = {};
+  load_w(0);
+  grid_dependency_wait();  // x is the previous kernel's output
+  for (int64_t s = 0; s < steps; ++s) {
+    uint4 xv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = (s * kUnroll + u) * 256 + lane * 8;
+      xv[u] = c < k ? *reinterpret_cast<const uint4*>(x + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (r < rows) sum[r] += dot8(wv[u][r], xv[u]);
+      for (int r = 0; r < kRows; ++r) sum[r] += dot8(wv[u][r], xv[u]);
+    if (s + 1 < steps) load_w(s + 1);
   }
-  for (; c < k; c += 256) {
-    const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      if (r < rows) sum[r] += dot8(__ldcs(reinterpret_cast<const uint4*>(w + (row0 + r) * k + c)), xv);
-  }
+  grid_dependents_launch();
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
     for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
-  if (lane == 0)
-    for (int r = 0; r < rows; ++r) y[row0 + r] = __float2bfloat16(sum[r]);
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < kOuts; ++r) {
+    if (!ok[r]) continue;
+    if constexpr (kSwiGLU) {  // as linear then silu_mul: each output rounded, silu rounded
+      const float gb = bf(sum[r]), ub = bf(sum[r + kOuts]);
+      y[out0 + r] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
+    } else {
+      y[out0 + r] = __float2bfloat16(sum[r]);
+    }
+  }
 }
 
-template <int kRows, int kUnroll>
-void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, cudaStream_t stream) {
-  const int64_t warps = (n + kRows - 1) / kRows;
-  gemv_kernel<kRows, kUnroll><<<blocks_for(warps * 32, kGemvThreads), kGemvThreads, 0, stream>>>(w, x, y, n, k);
+// Launches with the programmatic-stream-serialization attribute when on.pdl: the kernel may
+// start while the previous one drains; each kernel here waits (griddepcontrol.wait) before it
+// touches anything the previous one writes.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = on.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = on.pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
+
+unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
+
+template <int kRows, int kUnroll, int kPolicy = 0>
+void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {
+  constexpr int kPairs = kRows < 2 ? 2 : kRows;  // SwiGLU rows come in (gate, up) pairs
+  const int64_t outs = swiglu ? n / 2 : n, per_warp = swiglu ? kPairs / 2 : kRows;
+  const unsigned grid = grid1(blocks_for((outs + per_warp - 1) / per_warp * 32, kGemvThreads));
+  if (swiglu)
+    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k);
+  else
+    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k);
+}
+
+template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
+void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
+                   int64_t n, int64_t k, bool swiglu, const Launch& on) {
+  const int mm = static_cast<int>(m);
+  if (swiglu)
+    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU>,
+           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
+  else
+    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain>,
+           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
 }
 
 }  // namespace
 
 void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
-                       int64_t cols, float eps, cudaStream_t stream) {
+                       int64_t cols, float eps, const Launch& on) {
   if (rows == 0) return;
+  const auto* xp = static_cast<const bf16*>(x);
+  const auto* yp = static_cast<const bf16*>(y);
+  const auto* wp = static_cast<const bf16*>(w);
+  auto* hp = static_cast<bf16*>(h);
+  auto* np = static_cast<bf16*>(normed);
   if (rms_norm_vec_fits(cols, {x, y, w, h, normed}, {})) {
-    add_rms_norm_vec_kernel<<<rows, cols / 8, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(y),
-                                                           static_cast<const bf16*>(w), static_cast<bf16*>(h),
-                                                           static_cast<bf16*>(normed), cols, eps);
+    launch(add_rms_norm_vec_kernel, grid1(rows), static_cast<unsigned>(cols / 8), on, xp, yp, wp, hp, np, cols, eps);
     return;
   }
-  const int threads = cols >= 1024 ? 256 : 128;
-  add_rms_norm_kernel<<<rows, threads, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(y),
-                                                    static_cast<const bf16*>(w), static_cast<bf16*>(h),
-                                                    static_cast<bf16*>(normed), cols, eps);
+  launch(add_rms_norm_kernel, grid1(rows), cols >= 1024 ? 256 : 128, on, xp, yp, wp, hp, np, cols, eps);
 }
 
 void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
                         void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t dim, int64_t capacity, cudaStream_t stream) {
+                        int64_t kv_heads, int64_t dim, int64_t capacity, const Launch& on) {
   const int64_t pairs = batch * (heads + 2 * kv_heads) * (dim / 2);
   if (pairs == 0) return;
-  rope_store_kv_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
-      static_cast<const bf16*>(qkv), qkv_stride, static_cast<const bf16*>(cos), static_cast<const bf16*>(sin),
-      static_cast<bf16*>(q_out), static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), slot, heads, kv_heads,
-      dim, capacity, pairs);
+  launch(rope_store_kv_kernel, grid1(blocks_for(pairs, 256)), 256, on, static_cast<const bf16*>(qkv), qkv_stride,
+         static_cast<const bf16*>(cos), static_cast<const bf16*>(sin), static_cast<bf16*>(q_out),
+         static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), slot, heads, kv_heads, dim, capacity, pairs);
 }
 
 bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || dim == 128 || dim == 256; }
@@ -354,15 +426,15 @@ int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, 
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
                            int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
-                           cudaStream_t stream) {
+                           const Launch& on) {
   if (batch == 0 || heads == 0) return;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   const auto* qp = static_cast<const bf16*>(q);
   const auto* kp = static_cast<const bf16*>(k_cache);
   const auto* vp = static_cast<const bf16*>(v_cache);
-#define GMSA_DECODE_ATTENTION(D)                                                                              \
-  decode_attention_split_kernel<D><<<grid, kAttnWarps * 32, 0, stream>>>(qp, kp, vp, key_mask, slot, workspace, \
-                                                                         heads, kv_heads, capacity, splits, scale)
+#define GMSA_DECODE_ATTENTION(D)                                                                                \
+  launch(decode_attention_split_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, heads, \
+         kv_heads, capacity, splits, scale)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;
@@ -371,20 +443,39 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
     default: return;  // the caller checks decode_attention_supports()
   }
 #undef GMSA_DECODE_ATTENTION
-  decode_attention_merge_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batch)),
-                                  static_cast<unsigned>(dim), 0, stream>>>(workspace, static_cast<bf16*>(out), heads,
-                                                                           dim, splits);
+  launch(decode_attention_merge_kernel, dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batch)),
+         static_cast<unsigned>(dim), on, static_cast<const float*>(workspace), static_cast<bf16*>(out), heads, dim,
+         splits);
 }
 
-void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, cudaStream_t stream) {
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {
   if (n == 0) return;
   const auto* wp = static_cast<const bf16*>(w);
   const auto* xp = static_cast<const bf16*>(x);
   auto* yp = static_cast<bf16*>(y);
-  if (n >= 8192)
-    launch_gemv<4, 2>(wp, xp, yp, n, k, stream);
+  // Two rows per warp, 8 loads in flight: the fastest of scripts/bench/skinny_gemm_sweep.cu on
+  // every 7B shape (2.56-3.05 TB/s), or within 1% of it.
+  launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
+}
+
+bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }
+
+void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
+                      int64_t n, int64_t k, bool swiglu, const Launch& on) {
+  if (m == 0 || n == 0) return;
+  const auto* wp = static_cast<const bf16*>(w);
+  const auto* xp = static_cast<const bf16*>(x);
+  const auto* bp = static_cast<const bf16*>(bias);
+  auto* yp = static_cast<bf16*>(y);
+  // From scripts/bench/skinny_gemm_sweep.cu (H100): up to 8 rows, one 8-column MMA tile; 16
+  // rows, two tiles; tall matrices 32 weight rows per warp, others 16 with 16 warps (more
+  // blocks to spread over the multiprocessors); weight loads that prefetch 256 B into L2.
+  if (m <= 8)
+    launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  else if (n >= 16384)
+    launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   else
-    launch_gemv<1, 8>(wp, xp, yp, n, k, stream);
+    launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
 }
 
 }  // namespace gmsa::kernels

@@ -11,11 +11,19 @@
 
 namespace gmsa::kernels {
 
+// Where and how a kernel is launched. pdl: with programmatic dependent launch (sm_90), so that
+// it may start while the previous kernel drains (the GEMMs fetch their first weights then);
+// every kernel here waits for its predecessor before reading its inputs.
+struct Launch {
+  cudaStream_t stream;
+  bool pdl = false;
+};
+
 // h = x + y (rounded to bf16), normed = w * bf16(h * rsqrt(mean(h^2) + eps)): the residual add
 // that ends one sub-block fused with the RMSNorm that starts the next. All [rows, cols] bf16
 // contiguous; w [cols].
 void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
-                       int64_t cols, float eps, cudaStream_t stream);
+                       int64_t cols, float eps, const Launch& on);
 
 // The packed projection output of one token per row, qkv [B, (H + 2 Hkv) * D] (row stride
 // qkv_stride), is split, rotated and stored: q_out [B, H, D] = rope(q); k_cache[b, :, slot] =
@@ -23,7 +31,7 @@ void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, voi
 // [B, Hkv, capacity, D] contiguous; cos/sin [B, D]. Same bf16 rounding as the plain ops.
 void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
                         void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t dim, int64_t capacity, cudaStream_t stream);
+                        int64_t kv_heads, int64_t dim, int64_t capacity, const Launch& on);
 
 // Attention of one query per row and head over the cache columns [0, *slot] where
 // key_mask[b, column] is true: out [B, H * D] = softmax(q k^T * scale) v, GQA by h / (H / Hkv).
@@ -33,14 +41,24 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
                            int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
-                           cudaStream_t stream);
+                           const Launch& on);
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
 // A split count that gives each of `sms` multiprocessors about 8 blocks.
 int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms);
 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
-// GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned.
-void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, cudaStream_t stream);
+// GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for
+// skinny_gemm_bf16 below, y [N/2].
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on);
+
+// y [M, N] (row stride ldy) = x [M, K] (row stride ldx) W [N, K]^T for 1 <= M <= 16 on tensor
+// cores (src/kernels/skinny_gemm.cuh), fp32 accumulation, bf16 out. swiglu: W packs gate rows
+// [0, N/2) over up rows [N/2, N) and y [M, N/2] = silu(gate) * up. bias [N] or null (not with
+// swiglu). K % 32 == 0, W, x and their row strides 16-byte aligned.
+constexpr int64_t kSkinnyMaxRows = 16;
+bool skinny_gemm_supports(int64_t m, int64_t k);
+void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
+                      int64_t n, int64_t k, bool swiglu, const Launch& on);
 
 }  // namespace gmsa::kernels

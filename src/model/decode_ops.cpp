@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
 #include "gmsa/model/fused_ops.h"
 
@@ -27,8 +28,16 @@ bool& enabled_flag() {
   return on;
 }
 
-bool& gemv_flag() {
-  static bool on = !env_is("GMSA_DECODE_GEMV", "cublas");
+Projection& projection_choice() {
+  static Projection p = [] {
+    const char* v = std::getenv("GMSA_DECODE_GEMV");
+    return v ? parse_projection(v) : Projection::kAuto;
+  }();
+  return p;
+}
+
+bool& pdl_flag() {
+  static bool on = !env_is("GMSA_DECODE_PDL", "0");
   return on;
 }
 
@@ -36,8 +45,26 @@ bool& gemv_flag() {
 
 bool enabled() { return fused::enabled() && enabled_flag(); }
 void set_enabled(bool on) { enabled_flag() = on; }
-bool custom_gemv() { return enabled() && gemv_flag(); }
-void set_custom_gemv(bool on) { gemv_flag() = on; }
+Projection projection() { return projection_choice(); }
+void set_projection(Projection p) { projection_choice() = p; }
+
+const char* projection_name(Projection p) {
+  switch (p) {
+    case Projection::kAuto: return "auto";
+    case Projection::kCublas: return "cublas";
+    case Projection::kTensorCores: return "tc";
+  }
+  return "?";
+}
+
+Projection parse_projection(const std::string& name) {
+  for (Projection p : {Projection::kAuto, Projection::kCublas, Projection::kTensorCores})
+    if (name == projection_name(p)) return p;
+  throw std::invalid_argument("GMSA_DECODE_GEMV / projection kernel: unknown value '" + name +
+                              "' (expected auto, cublas or tc)");
+}
+bool programmatic_launch() { return enabled() && pdl_flag(); }
+void set_programmatic_launch(bool on) { pdl_flag() = on; }
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
 
@@ -49,7 +76,7 @@ bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
   return true;
 }
 
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+kernels::Launch on_stream() { return {c10::cuda::getCurrentCUDAStream(), programmatic_launch()}; }
 
 }  // namespace
 
@@ -62,7 +89,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, con
   auto h = torch::empty_like(x), normed = torch::empty_like(x);
   const int64_t cols = x.size(-1);
   kernels::add_rms_norm_bf16(x.data_ptr(), y.data_ptr(), w.data_ptr(), h.data_ptr(), normed.data_ptr(),
-                             x.numel() / cols, cols, static_cast<float>(eps), stream());
+                             x.numel() / cols, cols, static_cast<float>(eps), on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {h, normed};
 }
@@ -82,7 +109,7 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
   auto q = torch::empty({B, heads, D}, qkv.options());
   kernels::rope_store_kv_bf16(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                               k_cache.data_ptr(), v_cache.data_ptr(), slot.data_ptr<int64_t>(), B, heads, kv_heads, D,
-                              capacity, stream());
+                              capacity, on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return q;
 }
@@ -106,24 +133,72 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
   kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
                                  slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
                                  workspace.data_ptr<float>(), B, H, Hkv, D, capacity, splits,
-                                 static_cast<float>(scale), stream());
+                                 static_cast<float>(scale), on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
-  const int64_t K = w.size(1);
-  const bool one_row = x.numel() == K && x.is_contiguous();
-  if (!custom_gemv() || bias.defined() || !one_row || !bf16_cuda({&x, &w}) || !w.is_contiguous() || K % 8 != 0 ||
-      reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0)
-    return torch::linear(x, w, bias);
-  c10::cuda::CUDAGuard guard(x.device());
+namespace {
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Tall weights (gate/up, LM head) have enough 32-row tiles to keep the skinny GEMM ahead of
+// cuBLAS at 2-16 rows; shorter ones do not (scripts/bench/skinny_gemm_sweep.cu).
+constexpr int64_t kTallRows = 16384;
+
+enum class Kernel { kCublas, kGemv, kSkinny };
+
+// The kernel for x [..., K] W [N, K]^T (+ bias), kCublas where none of ours applies.
+Kernel pick(const torch::Tensor& x, const torch::Tensor& w, bool bias) {
+  const Projection p = projection();
+  if (!enabled() || p == Projection::kCublas || !bf16_cuda({&x, &w}) || w.dim() != 2 || !w.is_contiguous() ||
+      !x.is_contiguous())
+    return Kernel::kCublas;
+  const int64_t N = w.size(0), K = w.size(1);
+  if (K == 0 || x.size(-1) != K || !aligned16(w.data_ptr()) || !aligned16(x.data_ptr())) return Kernel::kCublas;
+  const int64_t M = x.numel() / K;
+  if (M == 1 && p == Projection::kAuto && !bias && K % 8 == 0) return Kernel::kGemv;
+  if (!kernels::skinny_gemm_supports(M, K)) return Kernel::kCublas;
+  return p == Projection::kTensorCores || M == 1 || N >= kTallRows ? Kernel::kSkinny : Kernel::kCublas;
+}
+
+torch::Tensor output_like(const torch::Tensor& x, int64_t n) {
   auto shape = x.sizes().vec();
-  shape.back() = w.size(0);
-  auto y = torch::empty(shape, x.options());
-  kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), w.size(0), K, stream());
+  shape.back() = n;
+  return torch::empty(shape, x.options());
+}
+
+}  // namespace
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+  const bool bias_ok = !bias.defined() || (bf16_cuda({&bias}) && bias.is_contiguous() && bias.numel() == w.size(0));
+  const Kernel kernel = bias_ok ? pick(x, w, bias.defined()) : Kernel::kCublas;
+  if (kernel == Kernel::kCublas) return torch::linear(x, w, bias);
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = w.size(0), K = w.size(1), M = x.numel() / K;
+  auto y = output_like(x, N);
+  if (kernel == Kernel::kGemv)
+    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/false, on_stream());
+  else
+    kernels::skinny_gemm_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), N,
+                              M, N, K, /*swiglu=*/false, on_stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up) {
+  const Kernel kernel = pick(x, gate_up, /*bias=*/false);
+  if (kernel == Kernel::kCublas || gate_up.size(0) % 2 != 0) return {};
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = gate_up.size(0), K = gate_up.size(1), M = x.numel() / K;
+  auto y = output_like(x, N / 2);
+  if (kernel == Kernel::kGemv)
+    kernels::gemv_bf16(gate_up.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/true, on_stream());
+  else
+    kernels::skinny_gemm_bf16(gate_up.data_ptr(), x.data_ptr(), K, nullptr, y.data_ptr(), N / 2, M, N, K,
+                              /*swiglu=*/true, on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -146,6 +221,7 @@ bool attention_supports(int64_t) { return false; }
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
   return torch::linear(x, w, bias);
 }
+torch::Tensor swiglu_linear(const torch::Tensor&, const torch::Tensor&) { return {}; }
 
 #endif
 

@@ -120,9 +120,12 @@ torch::Tensor DecodeStep::forward_kernels() {
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
     add_norm(layer->post_attention_layernorm);
     auto gu_w = layer->mlp->packed_gate_up();
-    auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
-    const int64_t I = gu.size(-1) / 2;
-    auto h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
+    auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight);
+    if (!h.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
+      auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
+      const int64_t I = gu.size(-1) / 2;
+      h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
+    }
     delta = decode_ops::linear(h, layer->mlp->down_proj->weight, layer->mlp->down_proj->bias);
   }
   add_norm(body->norm);

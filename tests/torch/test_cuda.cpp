@@ -339,8 +339,9 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
     EXPECT_EQ(got[2].abs().sum().item<double>(), 0.0) << "head_dim " << dim;
   }
 
-  // GEMV against fp32: one row per warp (few rows) and four (many, the last warp partial);
-  // K not a multiple of the unrolled step.
+  // The one-row CUDA-core GEMV (auto's pick for one row) against fp32: the last warp partial,
+  // K not a multiple of the unrolled step nor of 32.
+  decode_ops::set_projection(decode_ops::Projection::kAuto);
   for (int64_t n : {1003, 9001}) {
     auto w = torch::randn({n, 4104}, bf) * 0.02, xr = torch::randn({1, 4104}, bf);
     auto yr = decode_ops::linear(xr, w);
@@ -349,9 +350,69 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
   }
 }
 
+// The skinny GEMM (1 to 16 rows on tensor cores) against fp32: row counts on both sides of 8,
+// a feature count that is not a multiple of the 16-row tile, K that leaves some warps fewer
+// slabs than others, a bias; the SwiGLU output against linear + silu_mul with their roundings.
+TEST(Cuda, SkinnyGemmMatchesFp32) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  torch::manual_seed(5);
+  torch::NoGradGuard g;
+  decode_ops::set_projection(decode_ops::Projection::kTensorCores);
+  for (int64_t m : {1, 3, 8, 9, 16}) {
+    for (int64_t n : {1003, 4096}) {
+      const int64_t k = 4128;
+      auto w = torch::randn({n, k}, bf) * 0.02, x = torch::randn({m, k}, bf), b = torch::randn({n}, bf);
+      auto ref = torch::matmul(x.to(torch::kFloat), w.to(torch::kFloat).t());
+      auto y = decode_ops::linear(x, w);
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{m, n}));
+      EXPECT_LT(rel_l2(y, ref), 1e-2) << m << " x " << n;
+      EXPECT_LT(rel_l2(decode_ops::linear(x, w, b), ref + b.to(torch::kFloat)), 1e-2) << "bias " << m;
+      // Each row is computed on its own: a row's result does not depend on the others.
+      EXPECT_TRUE(torch::equal(decode_ops::linear(x.narrow(0, 0, 1), w), y.narrow(0, 0, 1))) << m;
+    }
+    const int64_t inter = 1376, k = 512;
+    auto gu = torch::randn({2 * inter, k}, bf) * 0.05, x = torch::randn({m, k}, bf);
+    auto h = decode_ops::swiglu_linear(x, gu);
+    ASSERT_TRUE(h.defined());
+    auto both = decode_ops::linear(x, gu);
+    auto plain = fused::silu_mul(both.narrow(-1, 0, inter), both.narrow(-1, inter, inter));
+    EXPECT_TRUE(torch::equal(h, plain)) << "swiglu " << m;
+  }
+  // Not served (falls back to torch::linear): K not a multiple of 32, more than 16 rows.
+  auto w = torch::randn({64, 100}, bf), x = torch::randn({2, 100}, bf);
+  EXPECT_FALSE(decode_ops::swiglu_linear(x, w).defined());
+  EXPECT_LT(rel_l2(decode_ops::linear(x, w), torch::matmul(x.to(torch::kFloat), w.to(torch::kFloat).t())), 1e-2);
+  auto x17 = torch::randn({17, 4096}, bf), w17 = torch::randn({32, 4096}, bf);
+  EXPECT_FALSE(decode_ops::swiglu_linear(x17, w17).defined());
+  // auto: the one-row GEMV's SwiGLU epilogue against linear + silu_mul; at 16 rows the skinny
+  // GEMM serves tall gate/up matrices (2I >= 16384) and leaves shorter ones to cuBLAS.
+  decode_ops::set_projection(decode_ops::Projection::kAuto);
+  for (int64_t inter : {1376, 5000}) {
+    auto gu = torch::randn({2 * inter, 4096}, bf) * 0.02, x1 = torch::randn({1, 4096}, bf);
+    auto both = decode_ops::linear(x1, gu);
+    EXPECT_TRUE(torch::equal(decode_ops::swiglu_linear(x1, gu),
+                             fused::silu_mul(both.narrow(-1, 0, inter), both.narrow(-1, inter, inter))))
+        << inter;
+  }
+  auto x16 = torch::randn({16, 512}, bf);
+  EXPECT_FALSE(decode_ops::swiglu_linear(x16, torch::randn({2 * 1376, 512}, bf)).defined());
+  auto tall = torch::randn({2 * 8200, 512}, bf) * 0.05;
+  auto h16 = decode_ops::swiglu_linear(x16, tall);
+  ASSERT_TRUE(h16.defined());
+  auto both16 = decode_ops::linear(x16, tall);
+  EXPECT_LT(rel_l2(both16, torch::matmul(x16.to(torch::kFloat), tall.to(torch::kFloat).t())), 1e-2);
+  EXPECT_TRUE(torch::equal(h16, fused::silu_mul(both16.narrow(-1, 0, 8200), both16.narrow(-1, 8200, 8200))));
+  // Names round-trip; an unknown one is an error naming it.
+  for (auto p : {decode_ops::Projection::kAuto, decode_ops::Projection::kCublas, decode_ops::Projection::kTensorCores})
+    EXPECT_EQ(decode_ops::parse_projection(decode_ops::projection_name(p)), p);
+  EXPECT_THROW(decode_ops::parse_projection("simt"), std::invalid_argument);
+}
+
 // The decoding step through its kernels against the layers' own step, teacher-forced (the same
 // tokens fed to both), on a bf16 model with packed projections: a left-padded batch and batch 1,
-// GQA, head_dim 64, with and without a sliding window, with both GEMVs. Logits are compared,
+// GQA, head_dim 64, with and without a sliding window, with each projection kernel choice. Logits are compared,
 // not greedy tokens: attention sums in another order, and a near-tie may flip an argmax.
 TEST(Cuda, DecodeKernelsKeepTheLogits) {
   GMSA_REQUIRE_CUDA();
@@ -376,9 +437,9 @@ TEST(Cuda, DecodeKernelsKeepTheLogits) {
       auto mask = torch::ones({B, 7}, longs);
       if (B > 1) mask[0].narrow(0, 0, 4).fill_(0);  // left padding
       auto forced = torch::randint(3, cfg.vocab_size, {12, B}, longs);
-      auto run = [&](bool kernels, bool gemv) {
+      auto run = [&](bool kernels, decode_ops::Projection projection) {
         decode_ops::set_enabled(kernels);
-        decode_ops::set_custom_gemv(gemv);
+        decode_ops::set_projection(projection);
         auto cache = KVCache::allocate(cfg, B, 32, torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA));
         auto positions = positions_from_mask(mask);
         DecoderInput in;
@@ -393,15 +454,21 @@ TEST(Cuda, DecodeKernelsKeepTheLogits) {
         for (int64_t t = 0; t < forced.size(0); ++t) logits.push_back(step.run(forced[t]).clone());
         return torch::stack(logits);
       };
-      auto plain = run(false, false);
-      for (bool gemv : {true, false}) {
-        auto fast = run(true, gemv);
-        EXPECT_LT(rel_l2(fast, plain), 1e-2) << family << " batch " << B << " gemv " << gemv;
-        // Most greedy picks agree (a near-tie may not).
-        EXPECT_GT(fast.argmax(-1).eq(plain.argmax(-1)).to(torch::kFloat).mean().item<double>(), 0.9) << family;
+      auto plain = run(false, decode_ops::Projection::kCublas);
+      for (auto projection :
+           {decode_ops::Projection::kAuto, decode_ops::Projection::kTensorCores, decode_ops::Projection::kCublas}) {
+        for (bool pdl : {true, false}) {
+          decode_ops::set_programmatic_launch(pdl);
+          auto fast = run(true, projection);
+          EXPECT_LT(rel_l2(fast, plain), 1e-2) << family << " batch " << B << " gemv "
+                                               << decode_ops::projection_name(projection) << " pdl " << pdl;
+          // Most greedy picks agree (a near-tie may not).
+          EXPECT_GT(fast.argmax(-1).eq(plain.argmax(-1)).to(torch::kFloat).mean().item<double>(), 0.9) << family;
+        }
       }
+      decode_ops::set_programmatic_launch(true);
     }
   }
   decode_ops::set_enabled(true);
-  decode_ops::set_custom_gemv(true);
+  decode_ops::set_projection(decode_ops::Projection::kAuto);
 }

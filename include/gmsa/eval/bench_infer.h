@@ -30,7 +30,8 @@ struct BenchInferOptions {
   bool cuda_graph = true;      // decode by replaying a CUDA graph (CUDA devices)
   bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
   bool decode_kernels = true;  // the decoding step's kernels (decode_ops.h) where they apply
-  bool custom_gemv = true;     // batch-1 GEMV kernel instead of cuBLAS in that step
+  std::string gemv;            // decode_ops::Projection by name (auto | cublas | tc); empty: as is
+  bool pdl = true;             // programmatic dependent launch of the decoding kernels
   bool merge_lora = true;      // fold the encoder's LoRA into private weights (Encoder::merge_lora)
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
 };

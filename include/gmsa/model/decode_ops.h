@@ -5,6 +5,7 @@
 // the caller runs the plain ops, which define the semantics.
 #include <torch/torch.h>
 
+#include <string>
 #include <utility>
 
 namespace gmsa::decode_ops {
@@ -13,9 +14,21 @@ namespace gmsa::decode_ops {
 // environment's GMSA_DECODE_KERNELS is not "0".
 bool enabled();
 void set_enabled(bool on);
-// The batch-1 GEMV kernel instead of cuBLAS (GMSA_DECODE_GEMV=cublas switches it off).
-bool custom_gemv();
-void set_custom_gemv(bool on);
+// Which kernel multiplies the step's 1 to 16 rows by a weight matrix (linear, swiglu_linear).
+// kAuto, the default, takes the faster of each pair in scripts/bench/skinny_gemm_sweep.cu on an
+// H100 (docs/performance.md): one row through the CUDA-core GEMV; 2 to 16 rows through the
+// tensor-core skinny GEMM for tall matrices (N >= 16384: gate/up with its SwiGLU, the LM head)
+// and through cuBLAS otherwise. kCublas: cuBLAS for all; kTensorCores: the skinny GEMM for all.
+// At start-up GMSA_DECODE_GEMV=auto|cublas|tc picks it (any other value is an error).
+enum class Projection { kAuto, kCublas, kTensorCores };
+Projection projection();
+void set_projection(Projection p);
+// "auto", "cublas", "tc"; parse_projection throws std::invalid_argument naming the value.
+const char* projection_name(Projection p);
+Projection parse_projection(const std::string& name);
+// Programmatic dependent launch of the kernels (GMSA_DECODE_PDL=0 switches it off).
+bool programmatic_launch();
+void set_programmatic_launch(bool on);
 
 // {h, normed}: h = x + y, normed = RMSNorm(h) with weight w. x, y [rows, H] contiguous.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
@@ -36,7 +49,13 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);
 
-// x W^T (+ bias) with the GEMV kernel when x is one bf16 row and custom_gemv(); else torch::linear.
+// x W^T (+ bias) with the kernel projection() picks when x [..., K] holds 1 to 16 contiguous
+// bf16 rows (K % 32 == 0; one row: K % 8 == 0); else torch::linear.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias = {});
+
+// silu(x G^T) * (x U^T) for a packed gate_up [2I, K] (G over U), as linear() then silu_mul with
+// their roundings, in one kernel; undefined where projection() gives these rows to cuBLAS or no
+// kernel applies.
+torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up);
 
 }  // namespace gmsa::decode_ops
