@@ -88,17 +88,85 @@ __device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
 
 constexpr int kAttnWarps = 4;
 constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduces: memory parallelism
+constexpr int kMaxSplits = 128;
+
+__device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// q (8 floats) . k (8 bf16 in one 16-byte word).
+__device__ __forceinline__ float dot8(const float (&q)[8], const uint4& k) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&k);
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    s += q[2 * j] * f.x + q[2 * j + 1] * f.y;
+  }
+  return s;
+}
+
+// acc += p * v (8 bf16 in one 16-byte word).
+__device__ __forceinline__ void axpy8(float p, const uint4& v, float (&acc)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    acc[2 * j] += p * f.x;
+    acc[2 * j + 1] += p * f.y;
+  }
+}
+
+// The splits' partial results of one (row, head) -- (max, sum, unnormalised output[D]) each --
+// merged into out[D] by one block: warp 0 finds the global maximum and each split's weight,
+// then every thread sums its dims over the splits in eight independent chains (one chain waits
+// for each load in turn). Loads bypass L1: other blocks wrote the partials.
+template <int D>
+__device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float inv_sum;
+  const int t = threadIdx.x;
+  if (t < 32) {
+    float big = -INFINITY;
+    for (int64_t s = t; s < splits; s += 32) big = fmaxf(big, __ldcg(part + s * (D + 2)));
+    for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
+    float sum = 0.f;
+    for (int64_t s = t; s < splits; s += 32) {
+      const float m = __ldcg(part + s * (D + 2));
+      const float f = m == -INFINITY ? 0.f : __expf(m - big);
+      weight[s] = f;
+      sum += __ldcg(part + s * (D + 2) + 1) * f;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (t == 0) inv_sum = sum > 0.f ? 1.f / sum : 0.f;
+  }
+  __syncthreads();
+  constexpr int kChains = 8;
+  for (int d = t; d < D; d += blockDim.x) {
+    float a[kChains] = {};
+    int64_t s = 0;
+    for (; s + kChains <= splits; s += kChains)
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) a[c] += __ldcg(part + (s + c) * (D + 2) + 2 + d) * weight[s + c];
+    for (; s < splits; ++s) a[0] += __ldcg(part + s * (D + 2) + 2 + d) * weight[s];
+    float total = 0.f;
+#pragma unroll
+    for (int c = 0; c < kChains; ++c) total += a[c];
+    out[d] = __float2bfloat16(total * inv_sum);
+  }
+}
 
 // Block (split, h, b): online softmax over its share of the columns, one warp per sub-range.
 // Each lane loads 16 bytes (8 dims) of a key row per step, so D / 8 lanes form a group that
-// holds one key and a warp reads 256 / D keys per step; each group keeps its own running
-// (max, sum, output), merged across the warp's groups and then across the block's warps
-// through shared memory, and written as (max, sum, unnormalised output[D]) to the workspace.
+// holds one key and a warp reads 256 / D keys per step; keys and values stay packed bf16 in
+// registers until used (fewer registers: more resident blocks). Each group keeps its own
+// running (max, sum, output), merged across the warp's groups and then across the block's
+// warps through shared memory, and written as (max, sum, unnormalised output[D]) to the
+// workspace. The last block of (h, b) to finish then merges all splits into out (flash-decoding
+// without a second kernel); arrivals[b * H + h] counts finished blocks and is left at zero.
 template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32)
-    decode_attention_split_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
-                                  const int64_t* slot, float* workspace, int64_t heads, int64_t kv_heads,
-                                  int64_t capacity, int64_t splits, float scale) {
+    decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
+                            const int64_t* slot, float* workspace, int* arrivals, bf16* attn_out, int64_t heads,
+                            int64_t kv_heads, int64_t capacity, int64_t splits, float scale) {
   constexpr int G = D / 8;           // lanes per key
   constexpr int kKeysPerStep = 32 / G;
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -120,26 +188,21 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 
   float m = -INFINITY, l = 0.f, acc[8] = {};
   for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * kStepsInFlight) {
-    float kf[kStepsInFlight][8], vf[kStepsInFlight][8], s[kStepsInFlight];
+    uint4 kr[kStepsInFlight], vr[kStepsInFlight];
+    float s[kStepsInFlight];
     bool ok[kStepsInFlight];
 #pragma unroll
     for (int u = 0; u < kStepsInFlight; ++u) {
       const int64_t j = j0 + u * kKeysPerStep + grp;
       ok[u] = j < w_end && mb[j];
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
       if (j < w_end) {
-        load8(kb + j * D, kf[u]);
-        load8(vb + j * D, vf[u]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) kf[u][e] = vf[u][e] = 0.f;
+        kr[u] = load16(kb + j * D);
+        vr[u] = load16(vb + j * D);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kStepsInFlight; ++u) {
-      s[u] = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) s[u] += qf[e] * kf[u][e];
-    }
+    for (int u = 0; u < kStepsInFlight; ++u) s[u] = dot8(qf, kr[u]);
 #pragma unroll
     for (int o = G / 2; o > 0; o >>= 1)  // within the key's group of lanes
 #pragma unroll
@@ -152,20 +215,16 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     }
     if (mx != -INFINITY) {  // nothing allowed yet in this group otherwise
       const float corr = __expf(m - mx);
-      float p[kStepsInFlight], psum = 0.f;
+      float psum = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] *= corr;
 #pragma unroll
       for (int u = 0; u < kStepsInFlight; ++u) {
-        p[u] = __expf(s[u] - mx);
-        psum += p[u];
+        const float p = __expf(s[u] - mx);
+        psum += p;
+        axpy8(p, vr[u], acc);
       }
       l = l * corr + psum;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        float a = acc[e] * corr;
-#pragma unroll
-        for (int u = 0; u < kStepsInFlight; ++u) a += p[u] * vf[u][e];
-        acc[e] = a;
-      }
       m = mx;
     }
   }
@@ -198,7 +257,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   float big = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kAttnWarps; ++w) big = fmaxf(big, sm_m[w]);
-  float* out = workspace + ((b * heads + h) * splits + split) * (D + 2);
+  float* part = workspace + (b * heads + h) * splits * (D + 2);
+  float* out = part + split * (D + 2);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.f;
 #pragma unroll
@@ -214,48 +274,21 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     out[0] = big;
     out[1] = sum;
   }
-}
 
-// Block (h, b), one thread per dim: merges the splits' partial results. The splits' maxima and
-// sums are read once into shared memory (in parallel), then each thread sums its dim.
-constexpr int kMaxSplits = 128;
-__global__ void decode_attention_merge_kernel(const float* workspace, bf16* out, int64_t heads, int64_t dim,
-                                              int64_t splits) {
-  const int64_t h = blockIdx.x, b = blockIdx.y;
-  const int d = threadIdx.x;
-  grid_dependency_wait();
-  grid_dependents_launch();
-  const float* base = workspace + (b * heads + h) * splits * (dim + 2);
-  __shared__ float weight[kMaxSplits];
-  __shared__ float inv_sum;
-  if (d < 32) {  // warp 0: the global maximum, each split's weight, the total
-    float big = -INFINITY;
-    for (int64_t s = d; s < splits; s += 32) big = fmaxf(big, base[s * (dim + 2)]);
-    for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
-    float sum = 0.f;
-    for (int64_t s = d; s < splits; s += 32) {
-      const float m = base[s * (dim + 2)];
-      const float f = m == -INFINITY ? 0.f : __expf(m - big);
-      weight[s] = f;
-      sum += base[s * (dim + 2) + 1] * f;
-    }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (d == 0) inv_sum = sum > 0.f ? 1.f / sum : 0.f;
+  // Publish this split (each thread fences its own stores), then count it; the last to arrive
+  // merges and resets the counter for the next launch.
+  __threadfence();
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    int* count = arrivals + b * heads + h;
+    last = atomicAdd(count, 1) == static_cast<int>(splits) - 1;
+    if (last) *count = 0;
   }
   __syncthreads();
-  // Eight independent chains: their loads are in flight together (one chain waited for each
-  // load in turn: 10.8 us for 66 splits).
-  constexpr int kChains = 8;
-  float a[kChains] = {};
-  int64_t s = 0;
-  for (; s + kChains <= splits; s += kChains)
-#pragma unroll
-    for (int c = 0; c < kChains; ++c) a[c] += base[(s + c) * (dim + 2) + 2 + d] * weight[s + c];
-  for (; s < splits; ++s) a[0] += base[s * (dim + 2) + 2 + d] * weight[s];
-  float total = 0.f;
-#pragma unroll
-  for (int c = 0; c < kChains; ++c) total += a[c];
-  out[(b * heads + h) * dim + d] = __float2bfloat16(total * inv_sum);
+  if (!last) return;
+  __threadfence();
+  merge_splits<D>(part, splits, attn_out + (b * heads + h) * D);
 }
 
 // ---------------------------------------------------------------- GEMV
@@ -413,28 +446,58 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
 
 bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || dim == 128 || dim == 256; }
 
-int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms) {
-  // About 8 blocks per multiprocessor (32 warps): each warp walks few enough columns that
-  // memory latency is hidden (4 per SM: 26.5 us at batch 1, 3,131 columns; 16: 23.4 us, but
-  // a merge over 66 splits).
+namespace {
+
+// Blocks of decode_attention_kernel<dim> one multiprocessor holds at once (registers bound it),
+// asked once per head size.
+int attention_blocks_per_sm(int64_t dim) {
+  static int cached[4] = {0, 0, 0, 0};
+  const int slot = dim == 32 ? 0 : dim == 64 ? 1 : dim == 128 ? 2 : 3;
+  if (cached[slot] == 0) {
+    const void* fn = dim == 32    ? reinterpret_cast<const void*>(decode_attention_kernel<32>)
+                     : dim == 64  ? reinterpret_cast<const void*>(decode_attention_kernel<64>)
+                     : dim == 128 ? reinterpret_cast<const void*>(decode_attention_kernel<128>)
+                                  : reinterpret_cast<const void*>(decode_attention_kernel<256>);
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, kAttnWarps * 32, 0) != cudaSuccess || n < 1) n = 1;
+    cached[slot] = n;
+  }
+  return cached[slot];
+}
+
+}  // namespace
+
+int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms) {
+  // Whole waves: the blocks' columns are equal, so a partial last wave leaves multiprocessors
+  // idle for a whole block's time. Take the fewest waves that fill at least 90% of the slots.
+  const int64_t slots = static_cast<int64_t>(attention_blocks_per_sm(dim)) * sms;
   const int64_t blocks = std::max<int64_t>(batch * heads, 1);
-  int64_t s = (8 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
-  s = std::min(s, (capacity + 31) / 32);  // at least ~8 columns per warp
-  return std::clamp<int64_t>(s, 1, kMaxSplits);
+  int64_t best = 1;
+  double best_use = 0.0;
+  for (int64_t waves = 1; waves <= 4; ++waves) {
+    const int64_t s = waves * slots / blocks;
+    if (s < 1) continue;
+    const double use = static_cast<double>(blocks * s) / static_cast<double>(waves * slots);
+    if (use > best_use + 1e-9) best = s, best_use = use;
+    if (use >= 0.9) break;
+  }
+  best = std::min(best, (capacity + 31) / 32);  // at least ~8 columns per warp
+  return std::clamp<int64_t>(best, 1, kMaxSplits);
 }
 
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
-                           const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
-                           int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
-                           const Launch& on) {
+                           const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
+                           float scale, const Launch& on) {
   if (batch == 0 || heads == 0) return;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   const auto* qp = static_cast<const bf16*>(q);
   const auto* kp = static_cast<const bf16*>(k_cache);
   const auto* vp = static_cast<const bf16*>(v_cache);
-#define GMSA_DECODE_ATTENTION(D)                                                                                \
-  launch(decode_attention_split_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, heads, \
-         kv_heads, capacity, splits, scale)
+  auto* op = static_cast<bf16*>(out);
+#define GMSA_DECODE_ATTENTION(D)                                                                                  \
+  launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
+         op, heads, kv_heads, capacity, splits, scale)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;
@@ -443,9 +506,6 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
     default: return;  // the caller checks decode_attention_supports()
   }
 #undef GMSA_DECODE_ATTENTION
-  launch(decode_attention_merge_kernel, dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batch)),
-         static_cast<unsigned>(dim), on, static_cast<const float*>(workspace), static_cast<bf16*>(out), heads, dim,
-         splits);
 }
 
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {

@@ -35,17 +35,19 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
 
 // Attention of one query per row and head over the cache columns [0, *slot] where
 // key_mask[b, column] is true: out [B, H * D] = softmax(q k^T * scale) v, GQA by h / (H / Hkv).
-// The columns are split into `splits` ranges processed by separate blocks (flash-decoding),
-// then merged; `workspace` holds B * H * splits * (D + 2) floats. D in {32, 64, 128, 256}.
-// A row with no allowed column gets zeros.
+// The columns are split into `splits` ranges processed by separate blocks (flash-decoding);
+// the last block of each (row, head) to finish merges them. `workspace` holds
+// B * H * splits * (D + 2) floats; `arrivals` B * H ints that are zero on entry and left zero
+// (one set per stream of launches: concurrent launches must not share it). D in {32, 64, 128,
+// 256}, splits <= 128. A row with no allowed column gets zeros.
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
-                           const int64_t* slot, void* out, float* workspace, int64_t batch, int64_t heads,
-                           int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits, float scale,
-                           const Launch& on);
+                           const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
+                           float scale, const Launch& on);
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
-// A split count that gives each of `sms` multiprocessors about 8 blocks.
-int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int sms);
+// The split count that fills whole waves of `sms` multiprocessors (at the kernel's occupancy).
+int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "gmsa/model/fused_ops.h"
+#include "gmsa/util/error.h"
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
@@ -115,7 +116,8 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale) {
+                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
+                        const torch::Tensor& arrivals) {
   if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t Hkv = k_cache.size(1), capacity = k_cache.size(2);
@@ -127,12 +129,16 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
     return {};
   c10::cuda::CUDAGuard guard(q.device());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t splits = kernels::decode_attention_splits(B, H, capacity, sms);
+  const int64_t splits = kernels::decode_attention_splits(B, H, capacity, D, sms);
   auto workspace = torch::empty({B * H * splits * (D + 2)}, q.options().dtype(torch::kFloat));
   auto out = torch::empty({B, H * D}, q.options());
+  GMSA_CHECK(!arrivals.defined() || (arrivals.is_cuda() && arrivals.scalar_type() == torch::kInt &&
+                                     arrivals.is_contiguous() && arrivals.numel() >= B * H),
+             "decode attention: arrivals must be {} contiguous int32 zeros on the device", B * H);
+  auto counts = arrivals.defined() ? arrivals : torch::zeros({B * H}, q.options().dtype(torch::kInt));
   kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
                                  slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
-                                 workspace.data_ptr<float>(), B, H, Hkv, D, capacity, splits,
+                                 workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D, capacity, splits,
                                  static_cast<float>(scale), on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -214,7 +220,7 @@ torch::Tensor rope_store_kv(const torch::Tensor&, const torch::Tensor&, const to
   return {};
 }
 torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                        const torch::Tensor&, double) {
+                        const torch::Tensor&, double, const torch::Tensor&) {
   return {};
 }
 bool attention_supports(int64_t) { return false; }

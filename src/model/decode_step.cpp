@@ -57,6 +57,7 @@ DecodeStep::DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& pro
   auto& inv_freq = dec_->inv_freq;
   if (inv_freq.device() != device) inv_freq = inv_freq.to(device);
   fast_ = kernels_apply();
+  if (fast_) arrivals_ = torch::zeros({B * dec_->config().num_attention_heads}, longs.dtype(torch::kInt));
 }
 
 bool DecodeStep::kernels_apply() const {
@@ -116,7 +117,7 @@ torch::Tensor DecodeStep::forward_kernels() {
     auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
-    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale), "attention");
+    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_), "attention");
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
     add_norm(layer->post_attention_layernorm);
     auto gu_w = layer->mlp->packed_gate_up();

@@ -42,9 +42,12 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
                             int64_t heads, int64_t kv_heads);
 
 // softmax(q k^T * scale + mask) v of one query per row over cache columns [0, *slot] where
-// key_mask [B, capacity] (bool) is true; q [B, H, D]; returns [B, H * D].
+// key_mask [B, capacity] (bool) is true; q [B, H, D]; returns [B, H * D]. arrivals: B * H int32
+// zeros on the device, left zero, that the kernel's blocks count themselves in (reuse one per
+// stream of steps; undefined: allocated per call).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale);
+                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
+                        const torch::Tensor& arrivals = {});
 
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);

@@ -39,8 +39,9 @@ class DecodeStep {
  private:
   torch::Tensor forward();  // the recorded computation: step and advance
   // The same step through the decoding kernels: packed q/k/v and gate/up GEMVs, RoPE fused with
-  // the cache store, split-KV attention, each residual add fused with the next RMSNorm: ~10
-  // launches per layer instead of ~18.
+  // the cache store, split-KV attention that merges its splits itself, each residual add fused
+  // with the next RMSNorm, SwiGLU in the gate/up GEMV's epilogue: 7 launches per layer instead
+  // of ~18.
   torch::Tensor forward_kernels();
   bool kernels_apply() const;
 
@@ -52,6 +53,7 @@ class DecodeStep {
   torch::Tensor key_mask_;   // [B, capacity] bool: columns a query may attend to
   torch::Tensor columns_;    // [capacity] int64: 0..capacity-1, for the sliding window
   torch::Tensor logits_;     // the graph's output buffer
+  torch::Tensor arrivals_;   // [B * H] int32 zeros: decode_ops::attention's per-head counters
   struct Graph;
   std::unique_ptr<Graph> graph_;
   bool want_graph_;
