@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # On the GPU machine: the benchmarks behind docs/performance.md, ours and the Python reference
-# in the same call. Usage: scripts/gpu/perf.sh BUILD_DIR OUT_DIR [infer] [serve] [train] [ref]
+# in the same call. Usage: scripts/gpu/perf.sh BUILD_DIR OUT_DIR [infer] [sweep] [serve] [train] [ref]
 # (no section names: all). JSON reports and logs go to OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source .gpu/device-env.sh >/dev/null
 build=${1:-build-gpu}; out=${2:-/tmp/perf}; shift 2 || true
-sections=${*:-infer serve train ref}
+sections=${*:-infer sweep serve train ref}
 mkdir -p "$out"
 g="$build/gmsa"
 want() { [[ " $sections " == *" $1 "* ]]; }
@@ -24,10 +24,17 @@ if want infer; then
   run infer_b1_eager "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-cuda-graph --json "$out/infer_b1_eager.json"
   run infer_b1_plain_ops "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-fused-kernels --json "$out/infer_b1_plain_ops.json"
   run infer_b1_no_decode_kernels "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-decode-kernels --json "$out/infer_b1_no_decode_kernels.json"
-  run infer_b1_cublas_gemv "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --cublas-gemv --json "$out/infer_b1_cublas_gemv.json"
+  run infer_b1_gemv_cublas "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --gemv cublas --json "$out/infer_b1_gemv_cublas.json"
+  run infer_b1_gemv_tc "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --gemv tc --json "$out/infer_b1_gemv_tc.json"
+  run infer_b1_no_pdl "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-pdl --json "$out/infer_b1_no_pdl.json"
   run decode_attention python3 scripts/bench/decode_attention.py
   run decode_gemv python3 scripts/bench/decode_gemv.py
   fi
+fi
+if want sweep; then
+  # The projection kernels one by one and as a step's sequence of weights (JSON lines).
+  /usr/local/cuda/bin/nvcc -std=c++17 -O3 -arch=sm_90 -I src/kernels scripts/bench/skinny_gemm_sweep.cu -lcublas \
+    -o "$build/skinny_gemm_sweep" && run skinny_gemm_sweep "$build/skinny_gemm_sweep"
 fi
 if want serve; then
   run serve_b16 "$g" bench infer $nq --batch 16 --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b16.json"
