@@ -307,87 +307,21 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// What the last block of a one-row GEMV does once all of y [n] is written: h = resid + y,
-// normed = RMSNorm(h) * w (the step's next residual add and norm, without a launch of their
-// own). arrivals: an int the blocks count themselves in, zero on entry, left zero. No tail
-// where arrivals is null.
-struct AddNormTail {
-  const bf16* resid = nullptr;
-  const bf16* w = nullptr;
-  bf16* h = nullptr;
-  bf16* normed = nullptr;
-  int* arrivals = nullptr;
-  float eps = 0.f;
-};
-constexpr int kTailChunks = 4;  // 16-byte chunks per thread: n <= 8 * kGemvThreads * kTailChunks
-
-__device__ void add_norm_tail(const AddNormTail& t, const bf16* y, int64_t n) {
-  __threadfence();  // publish this block's outputs before counting it
-  __syncthreads();
-  __shared__ bool last;
-  if (threadIdx.x == 0) {
-    last = atomicAdd(t.arrivals, 1) == static_cast<int>(gridDim.x) - 1;
-    if (last) *t.arrivals = 0;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // As add_rms_norm: h rounded to bf16, mean of its squares, w * bf16(h * scale).
-  float v[kTailChunks][8];
-  float sq = 0.f;
-#pragma unroll
-  for (int i = 0; i < kTailChunks; ++i) {
-    const int64_t c = 8 * (threadIdx.x + static_cast<int64_t>(i) * blockDim.x);
-    if (c >= n) continue;
-    const uint4 xv = *reinterpret_cast<const uint4*>(t.resid + c);
-    const uint4 yv = __ldcg(reinterpret_cast<const uint4*>(y + c));  // other blocks wrote y
-    const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
-    const __nv_bfloat162* yp = reinterpret_cast<const __nv_bfloat162*>(&yv);
-    uint4 hv;
-    __nv_bfloat16* hp = reinterpret_cast<__nv_bfloat16*>(&hv);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 a = __bfloat1622float2(xp[j]), b = __bfloat1622float2(yp[j]);
-      hp[2 * j] = __float2bfloat16(a.x + b.x);
-      hp[2 * j + 1] = __float2bfloat16(a.y + b.y);
-    }
-    *reinterpret_cast<uint4*>(t.h + c) = hv;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      v[i][j] = __bfloat162float(hp[j]);
-      sq += v[i][j] * v[i][j];
-    }
-  }
-  const float scale = rsqrtf(block_sum(sq) / static_cast<float>(n) + t.eps);
-#pragma unroll
-  for (int i = 0; i < kTailChunks; ++i) {
-    const int64_t c = 8 * (threadIdx.x + static_cast<int64_t>(i) * blockDim.x);
-    if (c >= n) continue;
-    const uint4 wv = *reinterpret_cast<const uint4*>(t.w + c);
-    const __nv_bfloat16* wp = reinterpret_cast<const __nv_bfloat16*>(&wv);
-    uint4 ov;
-    __nv_bfloat16* op = reinterpret_cast<__nv_bfloat16*>(&ov);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) op[j] = __float2bfloat16(__bfloat162float(wp[j]) * bf(v[i][j] * scale));
-    *reinterpret_cast<uint4*>(t.normed + c) = ov;
-  }
-}
-
 // Warp w computes rows [w * kRows, (w + 1) * kRows) (SwiGLU: gate rows [w * kRows / 2, ...)
 // and their up rows, kRows / 2 outputs); lane l reads 8 values (16 bytes) of each row per
 // 256-value chunk, kUnroll chunks per step, all issued before the first use: kRows * kUnroll
 // loads in flight per lane (a K that is not a multiple of the step is handled by predicated
 // loads, not by a serial tail). The first step's weights are loaded before the wait for the
-// previous kernel (programmatic dependent launch). With a tail, the last block adds and norms.
+// previous kernel (programmatic dependent launch).
 template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
-                                                            bf16* __restrict__ y, int64_t n, int64_t k,
-                                                            AddNormTail tail) {
+                                                            bf16* __restrict__ y, int64_t n, int64_t k) {
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
   constexpr int kOuts = kSwiGLU ? kRows / 2 : kRows;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t outs = kSwiGLU ? n / 2 : n, out0 = warp * kOuts;
+  if (out0 >= outs) return;
   const bf16* wr[kRows];
   bool ok[kRows];
 #pragma unroll
@@ -397,7 +331,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
     const int64_t row = kSwiGLU && r >= kOuts ? outs + o : o;
     wr[r] = w + (ok[r] ? row : 0) * k + lane * 8;
   }
-  const int64_t steps = out0 < outs ? (k + 256 * kUnroll - 1) / (256 * kUnroll) : 0;  // idle warps: none
+  const int64_t steps = (k + 256 * kUnroll - 1) / (256 * kUnroll);
   uint4 wv[kUnroll][kRows];
   auto load_w = [&](int64_t s) {
 #pragma unroll
@@ -409,7 +343,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
     }
   };
   float sum[kRows] = {};
-  if (steps > 0) load_w(0);
+  load_w(0);
   grid_dependency_wait();  // x is the previous kernel's output
   for (int64_t s = 0; s < steps; ++s) {
     uint4 xv[kUnroll];
@@ -428,19 +362,17 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
     for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
-  if (lane == 0) {
+  if (lane != 0) return;
 #pragma unroll
-    for (int r = 0; r < kOuts; ++r) {
-      if (!ok[r]) continue;
-      if constexpr (kSwiGLU) {  // as linear then silu_mul: each output rounded, silu rounded
-        const float gb = bf(sum[r]), ub = bf(sum[r + kOuts]);
-        y[out0 + r] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
-      } else {
-        y[out0 + r] = __float2bfloat16(sum[r]);
-      }
+  for (int r = 0; r < kOuts; ++r) {
+    if (!ok[r]) continue;
+    if constexpr (kSwiGLU) {  // as linear then silu_mul: each output rounded, silu rounded
+      const float gb = bf(sum[r]), ub = bf(sum[r + kOuts]);
+      y[out0 + r] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
+    } else {
+      y[out0 + r] = __float2bfloat16(sum[r]);
     }
   }
-  if (tail.arrivals) add_norm_tail(tail, y, outs);
 }
 
 // Launches with the programmatic-stream-serialization attribute when on.pdl: the kernel may
@@ -463,15 +395,14 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, 
 unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
 
 template <int kRows, int kUnroll, int kPolicy = 0>
-void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-                 const AddNormTail& tail = {}) {
+void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {
   constexpr int kPairs = kRows < 2 ? 2 : kRows;  // SwiGLU rows come in (gate, up) pairs
   const int64_t outs = swiglu ? n / 2 : n, per_warp = swiglu ? kPairs / 2 : kRows;
   const unsigned grid = grid1(blocks_for((outs + per_warp - 1) / per_warp * 32, kGemvThreads));
   if (swiglu)
-    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k, tail);
+    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k);
   else
-    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k, tail);
+    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k);
 }
 
 template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
@@ -585,22 +516,6 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
   // Two rows per warp, 8 loads in flight: the fastest of scripts/bench/skinny_gemm_sweep.cu on
   // every 7B shape (2.56-3.05 TB/s), or within 1% of it.
   launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
-}
-
-bool gemv_add_rms_norm_supports(int64_t n) { return n % 8 == 0 && n <= 8 * kGemvThreads * kTailChunks; }
-
-void gemv_add_rms_norm_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, const void* resid,
-                            const void* norm_w, void* h, void* normed, float eps, int* arrivals, const Launch& on) {
-  if (n == 0) return;
-  AddNormTail tail;
-  tail.resid = static_cast<const bf16*>(resid);
-  tail.w = static_cast<const bf16*>(norm_w);
-  tail.h = static_cast<bf16*>(h);
-  tail.normed = static_cast<bf16*>(normed);
-  tail.arrivals = arrivals;
-  tail.eps = eps;
-  launch_gemv<2, 8>(static_cast<const bf16*>(w), static_cast<const bf16*>(x), static_cast<bf16*>(y), n, k,
-                    /*swiglu=*/false, on, tail);
 }
 
 bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }

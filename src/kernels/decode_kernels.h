@@ -53,13 +53,6 @@ int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, 
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for
 // skinny_gemm_bf16 below, y [N/2].
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on);
-// gemv_bf16 (plain) whose last block then adds y to the residual stream and normalises, as
-// add_rms_norm_bf16 for one row: h = resid + y, normed = RMSNorm(h) * norm_w (sum of squares in
-// another order). arrivals: one int, zero on entry, left zero. resid, norm_w, h, normed [n],
-// 16-byte aligned; n % 8 == 0 and n <= 8192 (gemv_add_rms_norm_supports).
-bool gemv_add_rms_norm_supports(int64_t n);
-void gemv_add_rms_norm_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, const void* resid,
-                            const void* norm_w, void* h, void* normed, float eps, int* arrivals, const Launch& on);
 
 // y [M, N] (row stride ldy) = x [M, K] (row stride ldx) W [N, K]^T for 1 <= M <= 16 on tensor
 // cores (src/kernels/skinny_gemm.cuh), fp32 accumulation, bf16 out. swiglu: W packs gate rows

@@ -194,25 +194,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   return y;
 }
 
-std::pair<torch::Tensor, torch::Tensor> linear_add_rms_norm(const torch::Tensor& x, const torch::Tensor& w,
-                                                            const torch::Tensor& resid, const torch::Tensor& norm_w,
-                                                            double eps, const torch::Tensor& arrivals) {
-  if (pick(x, w, /*bias=*/false) != Kernel::kGemv || !bf16_cuda({&resid, &norm_w})) return {};
-  const int64_t N = w.size(0), K = w.size(1);
-  if (!kernels::gemv_add_rms_norm_supports(N) || resid.numel() != N || !resid.is_contiguous() ||
-      norm_w.numel() != N || !norm_w.is_contiguous() || !aligned16(resid.data_ptr()) ||
-      !aligned16(norm_w.data_ptr()) || !arrivals.defined() || !arrivals.is_cuda() ||
-      arrivals.scalar_type() != torch::kInt || arrivals.numel() < 1)
-    return {};
-  c10::cuda::CUDAGuard guard(x.device());
-  auto y = output_like(x, N), h = torch::empty_like(resid), normed = torch::empty_like(resid);
-  kernels::gemv_add_rms_norm_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, resid.data_ptr(), norm_w.data_ptr(),
-                                  h.data_ptr(), normed.data_ptr(), static_cast<float>(eps), arrivals.data_ptr<int>(),
-                                  on_stream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {h, normed};
-}
-
 torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up) {
   const Kernel kernel = pick(x, gate_up, /*bias=*/false);
   if (kernel == Kernel::kCublas || gate_up.size(0) % 2 != 0) return {};
@@ -247,11 +228,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   return torch::linear(x, w, bias);
 }
 torch::Tensor swiglu_linear(const torch::Tensor&, const torch::Tensor&) { return {}; }
-std::pair<torch::Tensor, torch::Tensor> linear_add_rms_norm(const torch::Tensor&, const torch::Tensor&,
-                                                            const torch::Tensor&, const torch::Tensor&, double,
-                                                            const torch::Tensor&) {
-  return {};
-}
 
 #endif
 

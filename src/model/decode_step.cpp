@@ -57,10 +57,7 @@ DecodeStep::DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& pro
   auto& inv_freq = dec_->inv_freq;
   if (inv_freq.device() != device) inv_freq = inv_freq.to(device);
   fast_ = kernels_apply();
-  if (fast_) {
-    arrivals_ = torch::zeros({B * dec_->config().num_attention_heads}, longs.dtype(torch::kInt));
-    norm_arrivals_ = torch::zeros({1}, longs.dtype(torch::kInt));
-  }
+  if (fast_) arrivals_ = torch::zeros({B * dec_->config().num_attention_heads}, longs.dtype(torch::kInt));
 }
 
 bool DecodeStep::kernels_apply() const {
@@ -104,34 +101,25 @@ torch::Tensor DecodeStep::forward_kernels() {
   auto cos = rope.cos.reshape({B, D}), sin = rope.sin.reshape({B, D});
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   auto body = dec_->model;
-  // The residual stream and the normed input of the next projection. Each sub-block's output
-  // projection is added to the stream and normed by the next RMSNorm: in the GEMV's last block
-  // at batch 1, else by a fused add + RMSNorm kernel.
-  torch::Tensor resid = dec_->embed(tokens_), normed = body->layer(0)->input_layernorm(resid);
-  auto project_add_norm = [&](const torch::Tensor& x, const Linear& proj, const RMSNorm& norm) {
-    if (!proj->bias.defined()) {
-      auto [h, n] = decode_ops::linear_add_rms_norm(x, proj->weight, resid, norm->weight, norm->eps, norm_arrivals_);
-      if (h.defined()) {
-        resid = h;
-        normed = n;
-        return;
-      }
-    }
-    auto delta = decode_ops::linear(x, proj->weight, proj->bias);
+  // The residual stream and the sub-block output still to be added to it: each add is fused
+  // with the RMSNorm that follows it.
+  torch::Tensor resid = dec_->embed(tokens_), delta, normed = body->layer(0)->input_layernorm(resid);
+  auto add_norm = [&](const RMSNorm& norm) {
     auto [h, n] = decode_ops::add_rms_norm(resid, delta, norm->weight, norm->eps);
     resid = checked(h, "add + RMSNorm");
     normed = n;
   };
-  const int64_t L = mc.num_hidden_layers;
-  for (int64_t i = 0; i < L; ++i) {
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
+    if (i > 0) add_norm(layer->input_layernorm);
     auto qkv_w = attn->packed_qkv();
     auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
     auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_), "attention");
-    project_add_norm(a, attn->o_proj, layer->post_attention_layernorm);
+    delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
+    add_norm(layer->post_attention_layernorm);
     auto gu_w = layer->mlp->packed_gate_up();
     auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight);
     if (!h.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
@@ -139,8 +127,9 @@ torch::Tensor DecodeStep::forward_kernels() {
       const int64_t I = gu.size(-1) / 2;
       h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
     }
-    project_add_norm(h, layer->mlp->down_proj, i + 1 < L ? body->layer(i + 1)->input_layernorm : body->norm);
+    delta = decode_ops::linear(h, layer->mlp->down_proj->weight, layer->mlp->down_proj->bias);
   }
+  add_norm(body->norm);
   const auto& head = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
   auto logits = decode_ops::linear(normed, head.to(normed.scalar_type())).to(torch::kFloat);
   positions_.add_(1);

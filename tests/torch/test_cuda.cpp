@@ -356,31 +356,6 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
     auto ref = torch::matmul(xr.to(torch::kFloat), w.to(torch::kFloat).t());
     EXPECT_LT(rel_l2(yr, ref), 1e-2) << n;
   }
-
-  // The GEMV whose last block adds its output to the residual stream and norms it: h equal to
-  // linear + add, normed within an ulp of add_rms_norm (its sum of squares runs in another
-  // order); full and partial last blocks; the counter left at zero for the next call.
-  for (int64_t n : {4096, 1000}) {
-    auto w = torch::randn({n, 1000}, bf) * 0.03, x1 = torch::randn({1, 1000}, bf);
-    auto resid = torch::randn({1, n}, bf), nw = torch::rand({n}, bf) + 0.5;
-    auto arrivals = torch::zeros({1}, longs.dtype(torch::kInt));
-    for (int rep = 0; rep < 2; ++rep) {
-      auto [h, normed] = decode_ops::linear_add_rms_norm(x1, w, resid, nw, 1e-5, arrivals);
-      ASSERT_TRUE(h.defined()) << n;
-      auto [h_ref, normed_ref] = decode_ops::add_rms_norm(resid, decode_ops::linear(x1, w), nw, 1e-5);
-      EXPECT_TRUE(torch::equal(h, h_ref)) << n;
-      EXPECT_TRUE(within_ulp(normed, normed_ref)) << n;
-    }
-    EXPECT_EQ(arrivals.item<int>(), 0) << n;
-  }
-  // Not served (the caller falls back): two rows; cuBLAS chosen for the projections.
-  auto w2 = torch::randn({64, 256}, bf), r2 = torch::randn({2, 64}, bf), nw2 = torch::ones({64}, bf);
-  auto a2 = torch::zeros({1}, longs.dtype(torch::kInt));
-  EXPECT_FALSE(decode_ops::linear_add_rms_norm(torch::randn({2, 256}, bf), w2, r2, nw2, 1e-5, a2).first.defined());
-  decode_ops::set_projection(decode_ops::Projection::kCublas);
-  EXPECT_FALSE(
-      decode_ops::linear_add_rms_norm(torch::randn({1, 256}, bf), w2, r2.narrow(0, 0, 1), nw2, 1e-5, a2).first.defined());
-  decode_ops::set_projection(decode_ops::Projection::kAuto);
 }
 
 // The skinny GEMM (1 to 16 rows on tensor cores) against fp32: row counts on both sides of 8,

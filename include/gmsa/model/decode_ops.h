@@ -56,15 +56,6 @@ bool attention_supports(int64_t head_dim);
 // bf16 rows (K % 32 == 0; one row: K % 8 == 0); else torch::linear.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias = {});
 
-// {h, normed} = add_rms_norm(resid, x W^T, norm_w, eps) for one row, in one kernel: the GEMV's
-// last block to finish adds and normalises (the sum of squares in another order than
-// add_rms_norm's). arrivals: an int32 zero on the device, left zero (reuse one per stream of
-// steps). Undefined where the one-row GEMV does not serve x W^T (projection(), more rows) or the
-// shapes do not fit; the caller then runs linear() and add_rms_norm().
-std::pair<torch::Tensor, torch::Tensor> linear_add_rms_norm(const torch::Tensor& x, const torch::Tensor& w,
-                                                            const torch::Tensor& resid, const torch::Tensor& norm_w,
-                                                            double eps, const torch::Tensor& arrivals);
-
 // silu(x G^T) * (x U^T) for a packed gate_up [2I, K] (G over U), as linear() then silu_mul with
 // their roundings, in one kernel; undefined where projection() gives these rows to cuBLAS or no
 // kernel applies.

@@ -39,9 +39,9 @@ class DecodeStep {
  private:
   torch::Tensor forward();  // the recorded computation: step and advance
   // The same step through the decoding kernels: packed q/k/v and gate/up GEMVs, RoPE fused with
-  // the cache store, split-KV attention that merges its splits itself, SwiGLU in the gate/up
-  // GEMV's epilogue, each residual add and the next RMSNorm in the output projection's last
-  // block (batch 1; a fused kernel otherwise): 5 launches per layer at batch 1 instead of ~18.
+  // the cache store, split-KV attention that merges its splits itself, each residual add fused
+  // with the next RMSNorm, SwiGLU in the gate/up GEMV's epilogue: 7 launches per layer instead
+  // of ~18.
   torch::Tensor forward_kernels();
   bool kernels_apply() const;
 
@@ -54,7 +54,6 @@ class DecodeStep {
   torch::Tensor columns_;    // [capacity] int64: 0..capacity-1, for the sliding window
   torch::Tensor logits_;     // the graph's output buffer
   torch::Tensor arrivals_;   // [B * H] int32 zeros: decode_ops::attention's per-head counters
-  torch::Tensor norm_arrivals_;  // [1] int32 zero: decode_ops::linear_add_rms_norm's counter
   struct Graph;
   std::unique_ptr<Graph> graph_;
   bool want_graph_;
