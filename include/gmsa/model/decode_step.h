@@ -40,7 +40,7 @@ class DecodeStep {
   torch::Tensor forward();  // the recorded computation: step and advance
   // The same step through the decoding kernels: packed q/k/v and gate/up GEMVs, RoPE fused with
   // the cache store, split-KV attention that merges its splits itself, each residual add fused
-  // with the next RMSNorm, SwiGLU in the gate/up GEMV's epilogue: 7 launches per layer instead
+  // with the next RMSNorm, SwiGLU in the gate/up GEMV's epilogue: 8 launches per layer instead
   // of ~18.
   torch::Tensor forward_kernels();
   bool kernels_apply() const;
