@@ -7,6 +7,22 @@
 
 namespace gmsa::kernels {
 
+// Programmatic dependent launch (sm_90): a kernel launched with the attribute may start while
+// the previous one drains. grid_dependency_wait() blocks until that kernel has finished and its
+// writes are visible: call it before reading anything it writes. grid_dependents_launch() lets
+// the next kernel start launching. Without the attribute both do nothing.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_dependents_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Rounds an fp32 value to bf16 and back: reproduces a LibTorch bf16 op's output rounding.
 __device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 

@@ -19,19 +19,9 @@
 
 #include <cstdint>
 
+#include "common.cuh"
+
 namespace gmsa::kernels {
-
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void grid_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // Output modes: plain y[m, n] = x W^T; SwiGLU: W packs gate rows [0, I) over up rows [I, 2I)
 // (N = 2I) and y[m, j] = silu(gate_j) * up_j, with the plain ops' bf16 roundings.
