@@ -224,14 +224,14 @@ void step_sequence(const bf16* x, bf16* y) {
                skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k, sh.swiglu,
                                 {s, pdl});
              }, launches, 5));
-    // decode_ops' auto choice: one row through the GEMV; more, tall matrices (N >= 16384) through
-    // the skinny GEMM and the rest through cuBLAS.
+    // decode_ops' auto choice: one row through the GEMV; more, tall matrices (kSkinnyTallRows)
+    // through the skinny GEMM and the rest through cuBLAS.
     report("library auto, PDL", time_graph([&](int i, cudaStream_t s) {
              const Shape& sh = order[i];
              const int64_t ldy = sh.swiglu ? sh.n / 2 : sh.n;
              if (m == 1)
                gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
-             else if (sh.n >= 16384)
+             else if (sh.n >= kSkinnyTallRows)
                skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
              else
                cublas_gemm(w[i], x, y, m, sh.n, sh.k, s);

@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "common.cuh"
@@ -449,20 +450,20 @@ bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || d
 namespace {
 
 // Blocks of decode_attention_kernel<dim> one multiprocessor holds at once (registers bound it),
-// asked once per head size.
+// asked once per process for each head size (thread-safe static initialisation).
 int attention_blocks_per_sm(int64_t dim) {
-  static int cached[4] = {0, 0, 0, 0};
-  const int slot = dim == 32 ? 0 : dim == 64 ? 1 : dim == 128 ? 2 : 3;
-  if (cached[slot] == 0) {
-    const void* fn = dim == 32    ? reinterpret_cast<const void*>(decode_attention_kernel<32>)
-                     : dim == 64  ? reinterpret_cast<const void*>(decode_attention_kernel<64>)
-                     : dim == 128 ? reinterpret_cast<const void*>(decode_attention_kernel<128>)
-                                  : reinterpret_cast<const void*>(decode_attention_kernel<256>);
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, kAttnWarps * 32, 0) != cudaSuccess || n < 1) n = 1;
-    cached[slot] = n;
-  }
-  return cached[slot];
+  static const std::array<int, 4> per_sm = [] {
+    const void* fns[4] = {reinterpret_cast<const void*>(decode_attention_kernel<32>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<64>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<128>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<256>)};
+    std::array<int, 4> n{};
+    for (int i = 0; i < 4; ++i)
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n[i], fns[i], kAttnWarps * 32, 0) != cudaSuccess || n[i] < 1)
+        n[i] = 1;  // a failed query only costs speed: one block per multiprocessor is always valid
+    return n;
+  }();
+  return per_sm[dim == 32 ? 0 : dim == 64 ? 1 : dim == 128 ? 2 : 3];
 }
 
 }  // namespace
@@ -532,7 +533,7 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
   // blocks to spread over the multiprocessors); weight loads that prefetch 256 B into L2.
   if (m <= 8)
     launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
-  else if (n >= 16384)
+  else if (n >= kSkinnyTallRows)
     launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   else
     launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);

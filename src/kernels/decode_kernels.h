@@ -59,6 +59,10 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
 // [0, N/2) over up rows [N/2, N) and y [M, N/2] = silu(gate) * up. bias [N] or null (not with
 // swiglu). K % 32 == 0, W, x and their row strides 16-byte aligned.
 constexpr int64_t kSkinnyMaxRows = 16;
+// Weights with at least this many rows ("tall": gate/up, the LM head of the 7B shape) give the
+// skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not
+// (scripts/bench/skinny_gemm_sweep.cu). It also picks the kernel's tile configuration.
+constexpr int64_t kSkinnyTallRows = 16384;
 bool skinny_gemm_supports(int64_t m, int64_t k);
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
                       int64_t n, int64_t k, bool swiglu, const Launch& on);

@@ -150,10 +150,6 @@ namespace {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Tall weights (gate/up, LM head) have enough 32-row tiles to keep the skinny GEMM ahead of
-// cuBLAS at 2-16 rows; shorter ones do not (scripts/bench/skinny_gemm_sweep.cu).
-constexpr int64_t kTallRows = 16384;
-
 enum class Kernel { kCublas, kGemv, kSkinny };
 
 // The kernel for x [..., K] W [N, K]^T (+ bias), kCublas where none of ours applies.
@@ -167,7 +163,7 @@ Kernel pick(const torch::Tensor& x, const torch::Tensor& w, bool bias) {
   const int64_t M = x.numel() / K;
   if (M == 1 && p == Projection::kAuto && !bias && K % 8 == 0) return Kernel::kGemv;
   if (!kernels::skinny_gemm_supports(M, K)) return Kernel::kCublas;
-  return p == Projection::kTensorCores || M == 1 || N >= kTallRows ? Kernel::kSkinny : Kernel::kCublas;
+  return p == Projection::kTensorCores || M == 1 || N >= kernels::kSkinnyTallRows ? Kernel::kSkinny : Kernel::kCublas;
 }
 
 torch::Tensor output_like(const torch::Tensor& x, int64_t n) {
