@@ -92,6 +92,7 @@ constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduc
 constexpr int kMaxSplits = 128;
 
 __device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // q (8 floats) . k (8 bf16 in one 16-byte word).
 __device__ __forceinline__ float dot8(const float (&q)[8], const uint4& k) {
@@ -117,40 +118,57 @@ __device__ __forceinline__ void axpy8(float p, const uint4& v, float (&acc)[8]) 
 }
 
 // The splits' partial results of one (row, head) -- (max, sum, unnormalised output[D]) each --
-// merged into out[D] by one block: warp 0 finds the global maximum and each split's weight,
-// then every thread sums its dims over the splits in eight independent chains (one chain waits
-// for each load in turn). Loads bypass L1: other blocks wrote the partials.
+// merged into out[D] by one block. The loads come in as few rounds as possible (this is the
+// tail of the kernel, latency-bound): each thread's first kMergeChunk partial outputs and warp
+// 0's maxima and sums are all issued at once, before the split weights are known; warp 0 then
+// computes the weights into shared memory and each thread sums its dims over the splits in a
+// fixed order. Loads bypass L1: other blocks wrote the partials.
+constexpr int kMergeChunk = 32;
+
 template <int D>
 __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
   __shared__ float weight[kMaxSplits];
   __shared__ float inv_sum;
   const int t = threadIdx.x;
+  float p[kMergeChunk];
+  auto load_chunk = [&](int d, int64_t s0) {
+#pragma unroll
+    for (int c = 0; c < kMergeChunk; ++c)
+      p[c] = s0 + c < splits ? __ldcg(part + (s0 + c) * (D + 2) + 2 + d) : 0.f;
+  };
+  if (t < D) load_chunk(t, 0);
   if (t < 32) {
+    constexpr int kPerLane = kMaxSplits / 32;
+    float m[kPerLane], l[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t s = t + 32 * i;
+      m[i] = s < splits ? __ldcg(part + s * (D + 2)) : -INFINITY;
+      l[i] = s < splits ? __ldcg(part + s * (D + 2) + 1) : 0.f;
+    }
     float big = -INFINITY;
-    for (int64_t s = t; s < splits; s += 32) big = fmaxf(big, __ldcg(part + s * (D + 2)));
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) big = fmaxf(big, m[i]);
     for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
     float sum = 0.f;
-    for (int64_t s = t; s < splits; s += 32) {
-      const float m = __ldcg(part + s * (D + 2));
-      const float f = m == -INFINITY ? 0.f : __expf(m - big);
-      weight[s] = f;
-      sum += __ldcg(part + s * (D + 2) + 1) * f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const float f = m[i] == -INFINITY ? 0.f : __expf(m[i] - big);
+      if (t + 32 * i < splits) weight[t + 32 * i] = f;
+      sum += l[i] * f;
     }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    sum = warp_sum(sum);
     if (t == 0) inv_sum = sum > 0.f ? 1.f / sum : 0.f;
   }
   __syncthreads();
-  constexpr int kChains = 8;
   for (int d = t; d < D; d += blockDim.x) {
-    float a[kChains] = {};
-    int64_t s = 0;
-    for (; s + kChains <= splits; s += kChains)
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) a[c] += __ldcg(part + (s + c) * (D + 2) + 2 + d) * weight[s + c];
-    for (; s < splits; ++s) a[0] += __ldcg(part + s * (D + 2) + 2 + d) * weight[s];
     float total = 0.f;
+    for (int64_t s0 = 0; s0 < splits; s0 += kMergeChunk) {
+      if (d != t || s0 != 0) load_chunk(d, s0);
 #pragma unroll
-    for (int c = 0; c < kChains; ++c) total += a[c];
+      for (int c = 0; c < kMergeChunk; ++c)
+        if (s0 + c < splits) total += p[c] * weight[s0 + c];
+    }
     out[d] = __float2bfloat16(total * inv_sum);
   }
 }
@@ -163,17 +181,21 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
 // warps through shared memory, and written as (max, sum, unnormalised output[D]) to the
 // workspace. The last block of (h, b) to finish then merges all splits into out (flash-decoding
 // without a second kernel); arrivals[b * H + h] counts finished blocks and is left at zero.
+// early_kv: the previous kernel writes only q and cache column *slot (RoPE + KV store), so *slot
+// is read and the first keys and values are fetched into L2 before the wait for it
+// (programmatic dependent launch): the kernels before that one have finished, since it
+// started only after its own wait.
 template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
                             const int64_t* slot, float* workspace, int* arrivals, bf16* attn_out, int64_t heads,
-                            int64_t kv_heads, int64_t capacity, int64_t splits, float scale) {
+                            int64_t kv_heads, int64_t capacity, int64_t splits, float scale, bool early_kv) {
   constexpr int G = D / 8;           // lanes per key
   constexpr int kKeysPerStep = 32 / G;
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int sub = lane % G, grp = lane / G;  // dims [8 sub, 8 sub + 8) of key grp of a step
-  grid_dependency_wait();
+  if (!early_kv) grid_dependency_wait();
   const int64_t live = slot ? min(*slot + 1, capacity) : capacity;  // later columns are unwritten
   const int64_t chunk = (live + splits - 1) / splits;
   const int64_t start = min(live, split * chunk), end = min(live, start + chunk);
@@ -184,6 +206,18 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const bf16* kb = k_cache + (b * kv_heads + kvh) * capacity * D + sub * 8;
   const bf16* vb = v_cache + (b * kv_heads + kvh) * capacity * D + sub * 8;
   const bool* mb = key_mask + b * capacity;
+
+  // With early_kv the first step's lines are fetched into L2 while the previous kernel runs
+  // (memory would idle otherwise); one lane per 128-byte line. A line of column *slot may come
+  // in before that kernel's store to it: harmless, the store updates the L2 line.
+  if (early_kv) {
+    if (sub % 8 == 0)
+      for (int64_t j = w_start + grp; j < min(w_end, w_start + kKeysPerStep * kStepsInFlight); j += kKeysPerStep) {
+        prefetch_l2(kb + j * D);
+        prefetch_l2(vb + j * D);
+      }
+    grid_dependency_wait();
+  }
   float qf[8];
   load8(q + (b * heads + h) * D + sub * 8, qf);
 
@@ -290,6 +324,90 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   if (!last) return;
   __threadfence();
   merge_splits<D>(part, splits, attn_out + (b * heads + h) * D);
+}
+
+// ---------------------------------------------------------------- step begin / end
+
+// Block b: resid[b] = embed[tokens[b]] (16-byte copies), cos/sin[b] as rope_tables() makes them
+// (fp32 position * inv_freq, the halves repeated, cosf / sinf rounded to bf16), and
+// key_mask[b, *slot] = true: what took ~8 small LibTorch launches at the top of each step.
+__global__ void decode_step_begin_kernel(const int64_t* tokens, const bf16* embed, int64_t hidden,
+                                         const int64_t* positions, const float* inv_freq, int64_t dim,
+                                         const int64_t* slot, bool* key_mask, int64_t capacity, bf16* resid,
+                                         bf16* cos_out, bf16* sin_out) {
+  const int64_t b = blockIdx.x;
+  const uint4* src = reinterpret_cast<const uint4*>(embed + tokens[b] * hidden);
+  uint4* dst = reinterpret_cast<uint4*>(resid + b * hidden);
+  for (int64_t c = threadIdx.x; c < hidden / 8; c += blockDim.x) dst[c] = src[c];
+  const float pos = static_cast<float>(positions[b]);
+  const int64_t half = dim / 2;
+  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float f = pos * inv_freq[d % half];
+    cos_out[b * dim + d] = __float2bfloat16(cosf(f));
+    sin_out[b * dim + d] = __float2bfloat16(sinf(f));
+  }
+  if (threadIdx.x == 0) key_mask[b * capacity + *slot] = true;
+}
+
+// positions[b] += 1 for every row, then *slot += 1: the step's last launch.
+__global__ void decode_step_end_kernel(int64_t* positions, int64_t batch, int64_t* slot) {
+  for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) positions[b] += 1;
+  if (threadIdx.x == 0) *slot += 1;
+}
+
+// ---------------------------------------------------------------- greedy pick
+
+// The argmax order of torch.argmax: NaN above everything, ties to the lower index.
+__device__ __forceinline__ bool ranks_above(float a, int64_t ia, float b, int64_t ib) {
+  if (isnan(a)) return !isnan(b) || ia < ib;
+  if (isnan(b)) return false;
+  return a > b || (a == b && ia < ib);
+}
+
+// One block per row: the repetition penalty (as apply_repetition_penalty: seen tokens' logits
+// l * p below zero, l * (1 / p) otherwise, the way LibTorch divides by a scalar), the argmax,
+// and the bookkeeping of generate(): seen[next] = true, out[b * out_stride] = next,
+// finished[b] |= next in eos. One launch instead of about ten.
+__global__ void __launch_bounds__(1024) greedy_pick_kernel(const float* logits, int64_t vocab, bool* seen, float penalty,
+                                                           const int64_t* eos, int64_t n_eos, int64_t* next,
+                                                           int64_t* out, int64_t out_stride, bool* finished) {
+  const int64_t b = blockIdx.x;
+  const float* row = logits + b * vocab;
+  const bool* seen_row = seen ? seen + b * vocab : nullptr;
+  const float inv_penalty = 1.0f / penalty;
+  float best = -INFINITY;
+  int64_t best_i = INT64_MAX;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
+    float l = row[v];
+    if (seen_row && seen_row[v]) l = l < 0.f ? l * penalty : l * inv_penalty;
+    if (ranks_above(l, v, best, best_i)) best = l, best_i = v;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ranks_above(ob, oi, best, best_i)) best = ob, best_i = oi;
+  }
+  __shared__ float warp_best[32];
+  __shared__ int64_t warp_i[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  if (lane == 0) warp_best[warp] = best, warp_i[warp] = best_i;
+  __syncthreads();
+  if (warp != 0) return;
+  best = lane < warps ? warp_best[lane] : -INFINITY;
+  best_i = lane < warps ? warp_i[lane] : INT64_MAX;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ranks_above(ob, oi, best, best_i)) best = ob, best_i = oi;
+  }
+  if (lane != 0) return;
+  if (best_i == INT64_MAX) best_i = 0;  // an empty row (vocab 0 is rejected by the caller)
+  next[b] = best_i;
+  out[b * out_stride] = best_i;
+  if (seen) seen[b * vocab + best_i] = true;
+  bool stop = false;
+  for (int64_t e = 0; e < n_eos; ++e) stop |= eos[e] == best_i;
+  finished[b] = finished[b] || stop;
 }
 
 // ---------------------------------------------------------------- GEMV
@@ -569,7 +687,7 @@ int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, 
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
                            int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
-                           float scale, const Launch& on) {
+                           float scale, bool early_kv, const Launch& on) {
   if (batch == 0 || heads == 0) return;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   const auto* qp = static_cast<const bf16*>(q);
@@ -578,7 +696,7 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
   auto* op = static_cast<bf16*>(out);
 #define GMSA_DECODE_ATTENTION(D)                                                                                  \
   launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, 0, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
-         op, heads, kv_heads, capacity, splits, scale)
+         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;
@@ -604,6 +722,26 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
 }
 
 bool gemv_norm_supports(int64_t k) { return k > 0 && k % 256 == 0 && k <= 32 * kGemvThreads; }
+
+void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden, const int64_t* positions,
+                       const float* inv_freq, int64_t dim, const int64_t* slot, bool* key_mask, int64_t capacity,
+                       void* resid, void* cos, void* sin, int64_t batch, cudaStream_t stream) {
+  if (batch == 0) return;
+  decode_step_begin_kernel<<<grid1(batch), 256, 0, stream>>>(
+      tokens, static_cast<const bf16*>(embed), hidden, positions, inv_freq, dim, slot, key_mask, capacity,
+      static_cast<bf16*>(resid), static_cast<bf16*>(cos), static_cast<bf16*>(sin));
+}
+
+void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStream_t stream) {
+  decode_step_end_kernel<<<1, 128, 0, stream>>>(positions, batch, slot);
+}
+
+void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, float penalty, const int64_t* eos,
+                 int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished, cudaStream_t stream) {
+  if (batch == 0 || vocab == 0) return;
+  greedy_pick_kernel<<<grid1(batch), 1024, 0, stream>>>(logits, vocab, seen, penalty, eos, n_eos, next, out, out_stride,
+                                                        finished);
+}
 
 bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }
 

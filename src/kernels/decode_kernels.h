@@ -39,15 +39,32 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
 // the last block of each (row, head) to finish merges them. `workspace` holds
 // B * H * splits * (D + 2) floats; `arrivals` B * H ints that are zero on entry and left zero
 // (one set per stream of launches: concurrent launches must not share it). D in {32, 64, 128,
-// 256}, splits <= 128. A row with no allowed column gets zeros.
+// 256}, splits <= 128. A row with no allowed column gets zeros. early_kv (with a slot and
+// on.pdl): the kernel launched just before this one writes q and column *slot of the caches
+// only (rope_store_kv_bf16), so the other columns, *slot and key_mask are read while it runs.
 void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
                            int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
-                           float scale, const Launch& on);
+                           float scale, bool early_kv, const Launch& on);
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
 // The split count that fills whole waves of `sms` multiprocessors (at the kernel's occupancy).
 int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
+
+// The decoding step's first launch, per row b: resid[b] = embed[tokens[b]] (bf16 [V, hidden],
+// hidden % 8 == 0, 16-byte aligned), cos/sin [b, dim] for positions[b] exactly as rope_tables()
+// computes them (bf16), key_mask[b, *slot] = true. And its last: positions[b] += 1, *slot += 1.
+void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden, const int64_t* positions,
+                       const float* inv_freq, int64_t dim, const int64_t* slot, bool* key_mask, int64_t capacity,
+                       void* resid, void* cos, void* sin, int64_t batch, cudaStream_t stream);
+void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStream_t stream);
+
+// Greedy decoding's pick for rows of fp32 logits [batch, vocab]: the repetition penalty on the
+// tokens seen[b] marks (seen null: none; penalty as generate() applies it), the argmax (torch's:
+// NaN first, ties to the lower index), then seen[b, next] = true, out[b * out_stride] = next,
+// finished[b] |= next is one of eos[0..n_eos). next [batch] int64. One launch on `stream`.
+void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, float penalty, const int64_t* eos,
+                 int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished, cudaStream_t stream);
 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for

@@ -124,7 +124,7 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals) {
+                        const torch::Tensor& arrivals, bool after_kv_store) {
   if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t Hkv = k_cache.size(1), capacity = k_cache.size(2);
@@ -146,7 +146,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
   kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
                                  slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
                                  workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D, capacity, splits,
-                                 static_cast<float>(scale), on_stream());
+                                 static_cast<float>(scale), after_kv_store, on_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -233,8 +233,78 @@ std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, cons
   return {y, h};
 }
 
+StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
+                     const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim) {
+  if (!enabled() || !bf16_cuda({&embed}) || embed.dim() != 2 || !embed.is_contiguous() || embed.size(1) % 8 != 0 ||
+      !aligned16(embed.data_ptr()) || dim % 2 != 0)
+    return {};
+  const auto on = embed.device();
+  const int64_t B = tokens.numel(), H = embed.size(1);
+  auto long_vec = [&](const torch::Tensor& t, int64_t n) {
+    return t.device() == on && t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == n;
+  };
+  if (!long_vec(tokens, B) || !long_vec(positions, B) || !long_vec(slot, 1) || inv_freq.device() != on ||
+      inv_freq.scalar_type() != torch::kFloat || !inv_freq.is_contiguous() || inv_freq.numel() != dim / 2 ||
+      key_mask.device() != on || key_mask.scalar_type() != torch::kBool || !key_mask.is_contiguous() ||
+      key_mask.dim() != 2 || key_mask.size(0) != B)
+    return {};
+  c10::cuda::CUDAGuard guard(on);
+  StepBegin r{torch::empty({B, H}, embed.options()), torch::empty({B, dim}, embed.options()),
+              torch::empty({B, dim}, embed.options())};
+  kernels::decode_step_begin(tokens.data_ptr<int64_t>(), embed.data_ptr(), H, positions.data_ptr<int64_t>(),
+                             inv_freq.data_ptr<float>(), dim, slot.data_ptr<int64_t>(), key_mask.data_ptr<bool>(),
+                             key_mask.size(1), r.embeds.data_ptr(), r.cos.data_ptr(), r.sin.data_ptr(), B,
+                             c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return r;
+}
+
+bool step_end(torch::Tensor& positions, torch::Tensor& slot) {
+  if (!enabled() || !positions.is_cuda() || positions.scalar_type() != torch::kLong || !positions.is_contiguous() ||
+      slot.device() != positions.device() || slot.scalar_type() != torch::kLong || slot.numel() != 1)
+    return false;
+  c10::cuda::CUDAGuard guard(positions.device());
+  kernels::decode_step_end(positions.data_ptr<int64_t>(), positions.numel(), slot.data_ptr<int64_t>(),
+                           c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty,
+                          const torch::Tensor& eos, torch::Tensor& out_column, torch::Tensor& finished) {
+  if (!enabled() || !logits.is_cuda() || logits.scalar_type() != torch::kFloat || logits.dim() != 2 ||
+      !logits.is_contiguous() || logits.size(1) == 0)
+    return {};
+  const int64_t B = logits.size(0), V = logits.size(1);
+  const auto on = logits.device();
+  if ((seen.defined() && (seen.device() != on || seen.scalar_type() != torch::kBool || !seen.is_contiguous() ||
+                          seen.sizes() != logits.sizes())) ||
+      eos.device() != on || eos.scalar_type() != torch::kLong || !eos.is_contiguous() ||
+      out_column.device() != on || out_column.scalar_type() != torch::kLong || out_column.dim() != 1 ||
+      out_column.size(0) != B || finished.device() != on || finished.scalar_type() != torch::kBool ||
+      !finished.is_contiguous() || finished.numel() != B)
+    return {};
+  c10::cuda::CUDAGuard guard(on);
+  auto next = torch::empty({B}, logits.options().dtype(torch::kLong));
+  kernels::greedy_pick(logits.data_ptr<float>(), B, V, seen.defined() ? seen.data_ptr<bool>() : nullptr,
+                       static_cast<float>(penalty), eos.data_ptr<int64_t>(), eos.numel(), next.data_ptr<int64_t>(),
+                       out_column.data_ptr<int64_t>(), out_column.stride(0), finished.data_ptr<bool>(),
+                       c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return next;
+}
+
 #else
 
+torch::Tensor greedy_pick(const torch::Tensor&, const torch::Tensor&, double, const torch::Tensor&, torch::Tensor&,
+                          torch::Tensor&) {
+  return {};
+}
+StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                     const torch::Tensor&, torch::Tensor&, int64_t) {
+  return {};
+}
+bool step_end(torch::Tensor&, torch::Tensor&) { return false; }
 std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                                     double, const torch::Tensor&, bool, bool) {
   return {};
@@ -248,7 +318,7 @@ torch::Tensor rope_store_kv(const torch::Tensor&, const torch::Tensor&, const to
   return {};
 }
 torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                        const torch::Tensor&, double, const torch::Tensor&) {
+                        const torch::Tensor&, double, const torch::Tensor&, bool) {
   return {};
 }
 bool attention_supports(int64_t) { return false; }

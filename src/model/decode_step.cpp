@@ -94,17 +94,25 @@ static torch::Tensor checked(torch::Tensor t, const char* what) {
 torch::Tensor DecodeStep::forward_kernels() {
   const auto& mc = dec_->config();
   const int64_t B = tokens_.size(0), D = mc.head_dim;
-  key_mask_.index_fill_(1, slot_, true);
+  auto body = dec_->model;
+  // The rows' embeddings, their RoPE tables and the new key column: one launch, or the ops.
+  auto begun =
+      decode_ops::step_begin(tokens_, body->embed_tokens->weight, positions_, dec_->inv_freq, slot_, key_mask_, D);
+  torch::Tensor resid = begun.embeds, cos = begun.cos, sin = begun.sin;
+  if (!resid.defined()) {
+    key_mask_.index_fill_(1, slot_, true);
+    Rope rope = rope_tables(dec_->inv_freq, positions_, dec_->compute_dtype());
+    cos = rope.cos.reshape({B, D});
+    sin = rope.sin.reshape({B, D});
+    resid = dec_->embed(tokens_);
+  }
   auto allowed = key_mask_;
   if (mc.sliding_window) allowed = allowed.logical_and(columns_ > slot_ - *mc.sliding_window);
-  Rope rope = rope_tables(dec_->inv_freq, positions_, dec_->compute_dtype());
-  auto cos = rope.cos.reshape({B, D}), sin = rope.sin.reshape({B, D});
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  auto body = dec_->model;
   // The residual stream and the sub-block output still to be added to it (undefined: none).
   // Each add is fused with the RMSNorm that follows it, and at one row both run inside the
   // GEMV of the projection after them (decode_ops::norm_linear); otherwise add_rms_norm does.
-  torch::Tensor resid = dec_->embed(tokens_), delta;
+  torch::Tensor delta;
   auto normed_input = [&](RMSNorm norm) {
     if (!delta.defined()) return norm(resid);
     auto [h, n] = decode_ops::add_rms_norm(resid, delta, norm->weight, norm->eps);
@@ -141,7 +149,8 @@ torch::Tensor DecodeStep::forward_kernels() {
     auto qkv = normed_linear(layer->input_layernorm, qkv_w.weight, qkv_w.bias, false, true);
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
-    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_), "attention");
+    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_,
+                                           /*after_kv_store=*/true), "attention");
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
     auto gu_w = layer->mlp->packed_gate_up();
     auto h = normed_linear(layer->post_attention_layernorm, gu_w.weight, gu_w.bias, true, true);
@@ -149,8 +158,10 @@ torch::Tensor DecodeStep::forward_kernels() {
   }
   const auto& head = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
   auto logits = normed_linear(body->norm, head.to(dec_->compute_dtype()), {}, false, false).to(torch::kFloat);
-  positions_.add_(1);
-  slot_.add_(1);
+  if (!decode_ops::step_end(positions_, slot_)) {
+    positions_.add_(1);
+    slot_.add_(1);
+  }
   return logits;
 }
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "gmsa/model/decode_ops.h"
 #include "gmsa/model/decode_step.h"
 #include "gmsa/util/error.h"
 
@@ -143,6 +144,11 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
   auto out = torch::empty({B, N}, longs);  // new tokens, EOS and what follows included
   auto finished = torch::zeros({B}, longs.dtype(torch::kBool));
   auto pick = [&](torch::Tensor logits, int64_t step) {
+    if (!cfg.do_sample) {  // one kernel where it applies (decode_ops::greedy_pick)
+      auto column = out.select(1, step);
+      auto next = decode_ops::greedy_pick(logits, seen, cfg.repetition_penalty, eos_t, column, finished);
+      if (next.defined()) return next;
+    }
     if (seen.defined()) logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty);
     auto next = cfg.do_sample ? sample(logits, cfg, gen).to(device) : logits.argmax(-1);
     if (seen.defined()) seen.scatter_(1, next.unsqueeze(1), true);

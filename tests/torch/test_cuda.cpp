@@ -1,5 +1,7 @@
 // CUDA-only checks (skipped without a GPU): bf16 against fp32 on the same inputs, the fused
 // attention against the written-out reference, and the GMSA pieces on the device.
+#include <limits>
+
 #include "gmsa/compressor/gmsa_model.h"
 #include "gmsa/model/compat.h"
 #include "gmsa/model/decode_ops.h"
@@ -465,6 +467,92 @@ TEST(Cuda, NormInsideTheGemvIsBitEqualToTheSeparateNorm) {
   decode_ops::set_projection(decode_ops::Projection::kCublas);
   EXPECT_FALSE(decode_ops::norm_linear(torch::randn({1, 512}, bf), {}, norm->weight, 1e-5, w).first.defined());
   decode_ops::set_projection(decode_ops::Projection::kAuto);
+}
+
+// The decoding step's first and last launches against the LibTorch ops they replace.
+TEST(Cuda, DecodeStepBeginAndEndMatchTheOps) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  torch::NoGradGuard g;
+  torch::manual_seed(13);
+  auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  auto longs = torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA);
+  const int64_t B = 3, V = 500, H = 256, D = 128, capacity = 40;
+  auto embed = torch::randn({V, H}, bf);
+  auto tokens = torch::tensor({7, 499, 0}, longs);
+  auto positions = torch::tensor({{5}, {3071}, {0}}, longs);  // [B, 1], as DecodeStep keeps them
+  auto inv_freq = torch::pow(10000.0, -torch::arange(0, D, 2, longs.dtype(torch::kFloat)) / D);
+  auto slot = torch::full({1}, 17, longs);
+  auto mask = torch::zeros({B, capacity}, longs.dtype(torch::kBool));
+  auto r = decode_ops::step_begin(tokens, embed, positions, inv_freq, slot, mask, D);
+  ASSERT_TRUE(r.embeds.defined());
+  EXPECT_TRUE(torch::equal(r.embeds, embed.index_select(0, tokens)));
+  Rope rope = rope_tables(inv_freq, positions, torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(r.cos, rope.cos.reshape({B, D})));
+  EXPECT_TRUE(torch::equal(r.sin, rope.sin.reshape({B, D})));
+  auto want = torch::zeros_like(mask);
+  want.select(1, 17).fill_(true);
+  EXPECT_TRUE(torch::equal(mask, want));
+  ASSERT_TRUE(decode_ops::step_end(positions, slot));
+  EXPECT_TRUE(torch::equal(positions, torch::tensor({{6}, {3072}, {1}}, longs)));
+  EXPECT_EQ(slot.item<int64_t>(), 18);
+  // Not for the kernel (fp32 embeddings): undefined, the caller runs the ops.
+  EXPECT_FALSE(decode_ops::step_begin(tokens, embed.to(torch::kFloat), positions, inv_freq, slot, mask, D)
+                   .embeds.defined());
+}
+
+// Greedy decoding's one-kernel pick against the plain ops it replaces: penalty, argmax (ties to
+// the lower index, NaN first), and the seen / output / finished bookkeeping.
+TEST(Cuda, GreedyPickMatchesThePlainOps) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  torch::NoGradGuard g;
+  torch::manual_seed(11);
+  auto fl = torch::TensorOptions().dtype(torch::kFloat).device(torch::kCUDA);
+  auto longs = fl.dtype(torch::kLong);
+  const int64_t B = 6, V = 32000;
+  auto logits = torch::randn({B, V}, fl) * 4;
+  logits[1][70] = logits[1][900] = 100.f;                      // a tie: the lower index wins
+  logits[2][5] = 50.f;                                         // a seen token pushed below another
+  logits[2][6] = 45.f;
+  logits[3][321] = std::numeric_limits<float>::quiet_NaN();  // NaN ranks first, as in torch
+  logits[4].fill_(-3.f);                                       // all equal: index 0
+  auto seen = torch::rand({B, V}, fl) < 0.3;
+  seen[1][70] = seen[1][900] = false;
+  seen[2][5] = true;
+  seen[2][6] = false;
+  auto eos = torch::tensor({2, 70}, longs);
+  const double p = 1.3;
+  for (bool penalised : {true, false}) {
+    auto seen_plain = seen.clone(), seen_fused = seen.clone();
+    auto out_plain = torch::zeros({B, 4}, longs), out_fused = torch::zeros({B, 4}, longs);
+    auto fin_plain = torch::zeros({B}, longs.dtype(torch::kBool)), fin_fused = fin_plain.clone();
+    fin_plain[5] = fin_fused[5] = true;  // stays finished
+    auto col = out_fused.select(1, 2);
+    auto next = decode_ops::greedy_pick(logits, penalised ? seen_fused : torch::Tensor(), p, eos, col, fin_fused);
+    ASSERT_TRUE(next.defined());
+    auto l = logits;
+    if (penalised) l = torch::where(seen_plain, torch::where(logits < 0, logits * p, logits / p), logits);
+    auto ref = l.argmax(-1);
+    if (penalised) seen_plain.scatter_(1, ref.unsqueeze(1), true);
+    out_plain.select(1, 2).copy_(ref);
+    fin_plain.logical_or_(torch::isin(ref, eos));
+    EXPECT_TRUE(torch::equal(next, ref)) << next.cpu() << ref.cpu();
+    EXPECT_EQ(next[1].item<int64_t>(), 70);
+    EXPECT_EQ(next[3].item<int64_t>(), 321);
+    EXPECT_EQ(next[4].item<int64_t>(), 0);
+    EXPECT_EQ(next[2].item<int64_t>(), penalised ? 6 : 5);
+    EXPECT_TRUE(torch::equal(out_fused, out_plain));
+    EXPECT_TRUE(torch::equal(seen_fused, penalised ? seen_plain : seen));
+    EXPECT_TRUE(torch::equal(fin_fused, fin_plain));
+    EXPECT_TRUE(fin_fused[1].item<bool>());  // 70 is an end token
+    EXPECT_TRUE(fin_fused[5].item<bool>());  // finished before: stays so
+  }
+  // Not for the kernel (bf16 logits, a CPU tensor): undefined, the caller runs the plain ops.
+  auto col = torch::zeros({B}, longs);
+  auto fin = torch::zeros({B}, longs.dtype(torch::kBool));
+  EXPECT_FALSE(decode_ops::greedy_pick(logits.to(torch::kBFloat16), {}, 1.0, torch::tensor({2}, longs), col, fin)
+                   .defined());
 }
 
 // The decoding step through its kernels against the layers' own step, teacher-forced (the same

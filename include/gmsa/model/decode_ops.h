@@ -48,10 +48,12 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 // softmax(q k^T * scale + mask) v of one query per row over cache columns [0, *slot] where
 // key_mask [B, capacity] (bool) is true; q [B, H, D]; returns [B, H * D]. arrivals: B * H int32
 // zeros on the device, left zero, that the kernel's blocks count themselves in (reuse one per
-// stream of steps; undefined: allocated per call).
+// stream of steps; undefined: allocated per call). after_kv_store: the call comes straight after
+// rope_store_kv on the same stream (nothing launched between), so with programmatic launch the
+// kernel reads the cache's older columns while that one still runs.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals = {});
+                        const torch::Tensor& arrivals = {}, bool after_kv_store = false);
 
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);
@@ -69,6 +71,26 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, const torch::Tensor& resid,
                                                     const torch::Tensor& norm_w, double eps, const torch::Tensor& w,
                                                     bool swiglu = false, bool keep_h = true);
+
+// The decoding step's first launch: the rows' embeddings embed[tokens] ([B, H], bf16 embed
+// [V, H]), their RoPE tables for `positions` [B] as rope_tables() makes them (cos, sin [B, dim]
+// bf16, inv_freq [dim / 2] fp32), and key_mask[:, *slot] = true. Undefined tensors where the
+// kernel does not apply (the caller runs the LibTorch ops). step_end: positions += 1 and
+// *slot += 1 in one launch; false where it does not apply.
+struct StepBegin {
+  torch::Tensor embeds, cos, sin;
+};
+StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
+                     const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim);
+bool step_end(torch::Tensor& positions, torch::Tensor& slot);
+
+// Greedy decoding's pick in one kernel: logits [B, V] fp32 (contiguous), the repetition penalty
+// on the tokens `seen` [B, V] (bool; undefined: no penalty) marks, argmax as torch.argmax; then
+// seen[b, next] = true, out_column[b] = next ([B] int64, any stride), finished[b] |= next in eos
+// ([n] int64). Returns next [B]; undefined where the kernel does not apply (the caller runs the
+// plain ops, which define the semantics).
+torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty,
+                          const torch::Tensor& eos, torch::Tensor& out_column, torch::Tensor& finished);
 
 // silu(x G^T) * (x U^T) for a packed gate_up [2I, K] (G over U), as linear() then silu_mul with
 // their roundings, in one kernel; undefined where projection() gives these rows to cuBLAS or no
