@@ -496,44 +496,12 @@ __device__ void rms_norm_row_shared(const bf16* x, const RowNormArgs& a, const b
 // loads, not by a serial tail). The first step's weights are loaded before the wait for the
 // previous kernel (programmatic dependent launch). kNorm: x is RMSNorm(x + resid), computed by
 // each block into shared memory first (rms_norm_row_shared; 4 k bytes of dynamic shared memory).
-// GemvOut::kRope (kRows 2): the weight is a packed q/k/v projection and warp w computes the
-// RoPE pair (i, i + D/2) of one head, rotates it and stores it as rope_store_kv does.
-enum class GemvOut { kPlain, kSwiGLU, kRope };
-
-// Where a packed q/k/v GEMV's rotated output goes (RopeStore in decode_kernels.h, device types).
-struct RopeStoreArgs {
-  const bf16* cos;
-  const bf16* sin;
-  bf16* q_out;
-  bf16* k_cache;
-  bf16* v_cache;
-  const int64_t* slot;
-  int64_t heads, kv_heads, dim, capacity;
-};
-
-// The rotation of rope_store_kv_kernel for one pair (lo, hi) = (x[i], x[i + half]) of head hh of
-// the packed projection, with the same roundings, stored to q_out or to cache column *slot.
-__device__ __forceinline__ void rope_store_pair(const RopeStoreArgs& a, int64_t hh, int64_t i, float lo, float hi) {
-  const int64_t half = a.dim / 2;
-  if (hh >= a.heads + a.kv_heads) {  // values: stored as they are
-    bf16* dst = a.v_cache + ((hh - a.heads - a.kv_heads) * a.capacity + *a.slot) * a.dim;
-    dst[i] = __float2bfloat16(lo);
-    dst[i + half] = __float2bfloat16(hi);
-    return;
-  }
-  bf16* dst = hh < a.heads ? a.q_out + hh * a.dim : a.k_cache + ((hh - a.heads) * a.capacity + *a.slot) * a.dim;
-  dst[i] = __float2bfloat16(bf(lo * __bfloat162float(a.cos[i])) + bf(-hi * __bfloat162float(a.sin[i])));
-  dst[i + half] =
-      __float2bfloat16(bf(hi * __bfloat162float(a.cos[i + half])) + bf(lo * __bfloat162float(a.sin[i + half])));
-}
-
-template <int kRows, int kUnroll, int kPolicy, GemvOut kOut, bool kNorm>
+template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
                                                             bf16* __restrict__ y, int64_t n, int64_t k,
-                                                            RowNormArgs norm, RopeStoreArgs rope) {
-  constexpr bool kSwiGLU = kOut == GemvOut::kSwiGLU, kRope = kOut == GemvOut::kRope;
-  static_assert(!kRope || kRows == 2, "a RoPE pair per warp");
-  constexpr int kOuts = kSwiGLU || kRope ? kRows / 2 : kRows;
+                                                            RowNormArgs norm) {
+  constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
+  constexpr int kOuts = kSwiGLU ? kRows / 2 : kRows;
   extern __shared__ uint4 gemv_smem[];
   bf16* xs = reinterpret_cast<bf16*>(gemv_smem);  // the normed row, then the norm weight
   bf16* ws = xs + k;
@@ -541,17 +509,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
     for (int64_t c = 8 * threadIdx.x; c < k; c += 8 * kGemvThreads) cp_async16(ws + c, norm.weight + c);
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t outs = kSwiGLU || kRope ? n / 2 : n, out0 = warp * kOuts;
+  const int64_t outs = kSwiGLU ? n / 2 : n, out0 = warp * kOuts;
   if (!kNorm && out0 >= outs) return;  // with kNorm every warp takes part in the norm first
-  const int64_t half = kRope ? rope.dim / 2 : 1;
   const bf16* wr[kRows];
   bool ok[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int64_t o = out0 + r % kOuts;
     ok[r] = o < outs;
-    int64_t row = kSwiGLU && r >= kOuts ? outs + o : o;
-    if constexpr (kRope) row = o / half * rope.dim + o % half + r * half;  // pair o: rows i, i + half of its head
+    const int64_t row = kSwiGLU && r >= kOuts ? outs + o : o;
     wr[r] = w + (ok[r] ? row : 0) * k + lane * 8;
   }
   const int64_t steps = (k + 256 * kUnroll - 1) / (256 * kUnroll);
@@ -591,10 +557,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
   for (int r = 0; r < kRows; ++r)
     for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
   if (lane != 0) return;
-  if constexpr (kRope) {  // as linear then rope_store_kv: the products rounded to bf16 first
-    if (ok[0]) rope_store_pair(rope, out0 / half, out0 % half, bf(sum[0]), bf(sum[1]));
-    return;
-  }
 #pragma unroll
   for (int r = 0; r < kOuts; ++r) {
     if (!ok[r]) continue;
@@ -629,21 +591,17 @@ unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
 
 template <int kRows, int kUnroll, int kPolicy = 0, bool kNorm = false>
 void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-                 const RowNormArgs& norm = {}, const RopeStoreArgs* rope = nullptr) {
+                 const RowNormArgs& norm = {}) {
   constexpr int kPairs = kRows < 2 ? 2 : kRows;  // SwiGLU rows come in (gate, up) pairs
-  const bool paired = swiglu || rope;
-  const int64_t outs = paired ? n / 2 : n, per_warp = rope ? 1 : swiglu ? kPairs / 2 : kRows;
+  const int64_t outs = swiglu ? n / 2 : n, per_warp = swiglu ? kPairs / 2 : kRows;
   const unsigned grid = grid1(blocks_for((outs + per_warp - 1) / per_warp * 32, kGemvThreads));
   const size_t smem = kNorm ? 4 * static_cast<size_t>(k) : 0;
-  if (rope)
-    launch(gemv_kernel<2, kUnroll, kPolicy, GemvOut::kRope, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n, k, norm,
-           *rope);
-  else if (swiglu)
-    launch(gemv_kernel<kPairs, kUnroll, kPolicy, GemvOut::kSwiGLU, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n,
-           k, norm, RopeStoreArgs{});
+  if (swiglu)
+    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n,
+           k, norm);
   else
-    launch(gemv_kernel<kRows, kUnroll, kPolicy, GemvOut::kPlain, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n, k,
-           norm, RopeStoreArgs{});
+    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n, k,
+           norm);
 }
 
 template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
@@ -750,22 +708,17 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
 }
 
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-               const RowNorm* norm, const RopeStore* rope) {
+               const RowNorm* norm) {
   if (n == 0) return;
   const auto* wp = static_cast<const bf16*>(w);
   const auto* xp = static_cast<const bf16*>(x);
   auto* yp = static_cast<bf16*>(y);
-  RopeStoreArgs ra{};
-  if (rope)
-    ra = {static_cast<const bf16*>(rope->cos), static_cast<const bf16*>(rope->sin), static_cast<bf16*>(rope->q_out),
-          static_cast<bf16*>(rope->k_cache), static_cast<bf16*>(rope->v_cache), rope->slot, rope->heads,
-          rope->kv_heads, rope->dim, rope->capacity};
   // Two rows per warp, 8 loads in flight: the fastest of scripts/bench/skinny_gemm_sweep.cu on
   // every 7B shape (2.56-3.05 TB/s), or within 1% of it.
-  if (!norm) return launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on, {}, rope ? &ra : nullptr);
+  if (!norm) return launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
   const RowNormArgs args{static_cast<const bf16*>(norm->resid), static_cast<const bf16*>(norm->weight),
                          static_cast<bf16*>(norm->h_out), norm->eps};
-  launch_gemv<2, 8, 0, true>(wp, xp, yp, n, k, swiglu, on, args, rope ? &ra : nullptr);
+  launch_gemv<2, 8, 0, true>(wp, xp, yp, n, k, swiglu, on, args);
 }
 
 bool gemv_norm_supports(int64_t k) { return k > 0 && k % 256 == 0 && k <= 32 * kGemvThreads; }

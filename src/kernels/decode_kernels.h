@@ -69,27 +69,10 @@ void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for
 // skinny_gemm_bf16 below, y [N/2].
-// norm: the RMSNorm in front of the projection, done inside the GEMV (see RowNorm). rope: w is
-// a packed q/k/v projection whose output is rotated and stored instead of written to y (see
-// RopeStore; y unused, swiglu false).
+// norm: the RMSNorm in front of the projection, done inside the GEMV (see RowNorm).
 struct RowNorm;
-struct RopeStore;
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-               const RowNorm* norm = nullptr, const RopeStore* rope = nullptr);
-
-// RoPE and the KV-cache store (rope_store_kv_bf16 for one row) done by the q/k/v GEMV itself: each
-// warp computes one rotation pair (rows i and i + dim/2 of a head), rotates it with cos/sin [dim]
-// and stores q_out [H, dim] or cache column *slot of k_cache / v_cache [Hkv, capacity, dim].
-// Bit-equal to gemv_bf16 then rope_store_kv_bf16.
-struct RopeStore {
-  const void* cos;
-  const void* sin;
-  void* q_out;
-  void* k_cache;
-  void* v_cache;
-  const int64_t* slot;
-  int64_t heads, kv_heads, dim, capacity;
-};
+               const RowNorm* norm = nullptr);
 
 // The RMSNorm that starts a sub-block, done by the one-row GEMV that follows it instead of by an
 // add_rms_norm_bf16 launch of its own (one kernel boundary fewer, twice per layer): every block

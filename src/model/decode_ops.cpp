@@ -212,51 +212,23 @@ torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up
   return y;
 }
 
-namespace {
-
-// Whether the GEMV's RoPE + KV-store epilogue serves this one-row packed projection.
-bool store_fits(const KVStore& s, const torch::Tensor& w) {
-  const auto& k = s.k_cache;
-  if (!bf16_cuda({&s.cos, &s.sin, &s.k_cache, &s.v_cache}) || k.dim() != 4 || k.size(0) != 1 ||
-      k.sizes() != s.v_cache.sizes() || !k.is_contiguous() || !s.v_cache.is_contiguous() || k.size(1) != s.kv_heads)
-    return false;
-  const int64_t D = k.size(3);
-  return D % 2 == 0 && w.size(0) == (s.heads + 2 * s.kv_heads) * D && s.cos.numel() == D && s.sin.numel() == D &&
-         s.cos.is_contiguous() && s.sin.is_contiguous() && s.slot.is_cuda() && s.slot.scalar_type() == torch::kLong &&
-         s.slot.numel() == 1;
-}
-
-}  // namespace
-
 std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, const torch::Tensor& resid,
                                                     const torch::Tensor& norm_w, double eps, const torch::Tensor& w,
-                                                    bool swiglu, bool keep_h, const KVStore* store) {
+                                                    bool swiglu, bool keep_h) {
   if (!norm_in_gemv() || pick(x, w, /*bias=*/false) != Kernel::kGemv || x.numel() != w.size(1) ||
       !kernels::gemv_norm_supports(w.size(1)) || !bf16_cuda({&norm_w}) || !norm_w.is_contiguous() ||
-      norm_w.numel() != w.size(1) || !aligned16(norm_w.data_ptr()) || (swiglu && w.size(0) % 2 != 0) ||
-      (store && (swiglu || !store_fits(*store, w))))
+      norm_w.numel() != w.size(1) || !aligned16(norm_w.data_ptr()) || (swiglu && w.size(0) % 2 != 0))
     return {};
   if (resid.defined() && (!bf16_cuda({&resid}) || resid.sizes() != x.sizes() || !resid.is_contiguous() ||
                           !aligned16(resid.data_ptr())))
     return {};
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = w.size(0), K = w.size(1);
+  auto y = output_like(x, swiglu ? N / 2 : N);
   auto h = resid.defined() && keep_h ? torch::empty_like(x) : torch::Tensor();
   const kernels::RowNorm norm{resid.defined() ? resid.data_ptr() : nullptr, norm_w.data_ptr(),
                               h.defined() ? h.data_ptr() : nullptr, static_cast<float>(eps)};
-  torch::Tensor y;
-  if (store) {
-    const int64_t D = store->k_cache.size(3);
-    y = torch::empty({1, store->heads, D}, x.options());
-    const kernels::RopeStore rope{store->cos.data_ptr(),     store->sin.data_ptr(),     y.data_ptr(),
-                                  store->k_cache.data_ptr(), store->v_cache.data_ptr(), store->slot.data_ptr<int64_t>(),
-                                  store->heads,              store->kv_heads,           D,
-                                  store->k_cache.size(2)};
-    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), nullptr, N, K, false, on_stream(), &norm, &rope);
-  } else {
-    y = output_like(x, swiglu ? N / 2 : N);
-    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, swiglu, on_stream(), &norm);
-  }
+  kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, swiglu, on_stream(), &norm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, h};
 }
@@ -334,7 +306,7 @@ StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Te
 }
 bool step_end(torch::Tensor&, torch::Tensor&) { return false; }
 std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                                    double, const torch::Tensor&, bool, bool, const KVStore*) {
+                                                    double, const torch::Tensor&, bool, bool) {
   return {};
 }
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&,

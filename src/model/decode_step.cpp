@@ -119,21 +119,15 @@ torch::Tensor DecodeStep::forward_kernels() {
     resid = checked(h, "add + RMSNorm");
     return n;
   };
-  // RMSNorm(resid + delta) W^T + bias, or its SwiGLU for a packed gate/up W. With `store` (a
-  // packed q/k/v W) the result is q after RoPE, k and v having gone into the cache: inside the
-  // GEMV where norm_linear takes it, else by rope_store_kv after the projection.
+  // RMSNorm(resid + delta) W^T + bias, or its SwiGLU for a packed gate/up W.
   auto normed_linear = [&](RMSNorm norm, const torch::Tensor& w, const torch::Tensor& bias, bool swiglu,
-                           bool keep_h, const decode_ops::KVStore* store = nullptr) {
+                           bool keep_h) {
     torch::Tensor y;
     if (!bias.defined()) {
-      auto x = delta.defined() ? delta : resid, added = delta.defined() ? resid : torch::Tensor();
-      auto r = decode_ops::norm_linear(x, added, norm->weight, norm->eps, w, swiglu, keep_h, store);
-      if (r.first.defined())
-        store = nullptr;  // done by the GEMV
-      else if (store)
-        r = decode_ops::norm_linear(x, added, norm->weight, norm->eps, w, swiglu, keep_h);
-      if (r.first.defined() && r.second.defined()) resid = r.second;
-      y = r.first;
+      auto [out, h] = decode_ops::norm_linear(delta.defined() ? delta : resid, delta.defined() ? resid : torch::Tensor(), norm->weight, norm->eps, w,
+                                              swiglu, keep_h);
+      if (out.defined() && h.defined()) resid = h;
+      y = out;
     }
     if (!y.defined()) {
       auto normed = normed_input(norm);
@@ -146,20 +140,15 @@ torch::Tensor DecodeStep::forward_kernels() {
       if (!swiglu) y = decode_ops::linear(normed, w, bias);
     }
     delta = torch::Tensor();
-    if (store) {
-      auto k = store->k_cache, v = store->v_cache;
-      y = checked(decode_ops::rope_store_kv(y, store->cos, store->sin, k, v, store->slot, store->heads,
-                                            store->kv_heads), "RoPE + KV store");
-    }
     return y;
   };
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
     auto qkv_w = attn->packed_qkv();
-    const decode_ops::KVStore store{cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
-                                    mc.num_key_value_heads};
-    auto q = normed_linear(layer->input_layernorm, qkv_w.weight, qkv_w.bias, false, true, &store);
+    auto qkv = normed_linear(layer->input_layernorm, qkv_w.weight, qkv_w.bias, false, true);
+    auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
+                                               mc.num_key_value_heads), "RoPE + KV store");
     auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_,
                                            /*after_kv_store=*/true), "attention");
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);

@@ -454,32 +454,6 @@ TEST(Cuda, NormInsideTheGemvIsBitEqualToTheSeparateNorm) {
       }
     }
   }
-  // The packed q/k/v GEMV with RoPE and the KV-cache store in its epilogue against the GEMV then
-  // rope_store_kv: the same q and cache bits (GQA: 8 query heads over 2 key/value heads).
-  {
-    auto longs = torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA);
-    const int64_t H = 8, Hkv = 2, D = 64, K = 512, capacity = 24;
-    auto norm = bf16_norm(K);
-    auto x = torch::randn({1, K}, bf), resid = torch::randn({1, K}, bf);
-    auto w = torch::randn({(H + 2 * Hkv) * D, K}, bf) * 0.05;
-    auto pos = torch::full({1, 1}, 9, longs);
-    auto inv_freq = torch::pow(10000.0, -torch::arange(0, D, 2, longs.dtype(torch::kFloat)) / D);
-    Rope rope = rope_tables(inv_freq, pos, torch::kBFloat16);
-    auto cos = rope.cos.reshape({1, D}), sin = rope.sin.reshape({1, D});
-    auto slot = torch::full({1}, 9, longs);
-    auto k1 = torch::randn({1, Hkv, capacity, D}, bf), v1 = torch::randn({1, Hkv, capacity, D}, bf);
-    auto k0 = k1.clone(), k2 = k1.clone(), v2 = v1.clone();
-    auto [qkv, h_ref] = decode_ops::norm_linear(x, resid, norm->weight, norm->eps, w);
-    auto q_ref = decode_ops::rope_store_kv(qkv, cos, sin, k1, v1, slot, H, Hkv);
-    const decode_ops::KVStore store{cos, sin, k2, v2, slot, H, Hkv};
-    auto [q, h] = decode_ops::norm_linear(x, resid, norm->weight, norm->eps, w, false, true, &store);
-    ASSERT_TRUE(q.defined() && q_ref.defined());
-    EXPECT_TRUE(torch::equal(q, q_ref));
-    EXPECT_TRUE(torch::equal(h, h_ref));
-    EXPECT_TRUE(torch::equal(k2, k1));
-    EXPECT_TRUE(torch::equal(v2, v1));
-    EXPECT_FALSE(torch::equal(k2.select(2, 9), k0.select(2, 9)));  // column 9 was written
-  }
   // Where it does not apply it says so (undefined): two rows, a width it does not serve, off.
   auto norm = bf16_norm(512);
   auto w = torch::randn({64, 512}, bf);

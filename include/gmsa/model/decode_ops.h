@@ -67,19 +67,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 // (kernels::RowNorm), bit-equal to add_rms_norm then linear / swiglu_linear. keep_h false: h is
 // not stored. Undefined where that kernel does not take the rows (more than one row,
 // projection() not kAuto, norm_in_gemv() off, widths or layouts it does not serve): the caller
-// then runs add_rms_norm and the projection. store: w is the packed q/k/v projection of a
-// batch-1 step and its output goes through rope_store_kv's RoPE and cache store inside the
-// same kernel; the first result is then q [1, H, D] (bit-equal to rope_store_kv's).
-struct KVStore {
-  torch::Tensor cos, sin;          // [1, D] for this step's position
-  torch::Tensor k_cache, v_cache;  // [1, Hkv, capacity, D]
-  torch::Tensor slot;              // [1] int64 on the device: the column written
-  int64_t heads, kv_heads;
-};
+// then runs add_rms_norm and the projection.
 std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, const torch::Tensor& resid,
                                                     const torch::Tensor& norm_w, double eps, const torch::Tensor& w,
-                                                    bool swiglu = false, bool keep_h = true,
-                                                    const KVStore* store = nullptr);
+                                                    bool swiglu = false, bool keep_h = true);
 
 // The decoding step's first launch: the rows' embeddings embed[tokens] ([B, H], bf16 embed
 // [V, H]), their RoPE tables for `positions` [B] as rope_tables() makes them (cos, sin [B, dim]
