@@ -64,8 +64,6 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
                   "tensor-core skinny GEMM for 1-16 rows); default: GMSA_DECODE_GEMV or auto")
       ->check(CLI::IsMember({"auto", "cublas", "tc"}));
   sub->add_flag("!--no-pdl", o.pdl, "Launch the decoding kernels without programmatic dependent launch");
-  sub->add_flag("!--no-norm-in-gemv", o.norm_in_gemv,
-                "At one row, run each RMSNorm as its own kernel instead of inside the GEMV after it");
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });
 });

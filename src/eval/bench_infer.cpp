@@ -228,7 +228,6 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   decode_ops::set_enabled(opts.decode_kernels);
   if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
   decode_ops::set_programmatic_launch(opts.pdl);
-  decode_ops::set_norm_in_gemv(opts.norm_in_gemv);
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};
@@ -284,7 +283,6 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"decode_kernels", decode_ops::enabled()},
       {"gemv", decode_ops::projection_name(decode_ops::projection())},
       {"programmatic_launch", decode_ops::programmatic_launch()},
-      {"norm_in_gemv", decode_ops::norm_in_gemv()},
       {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},

@@ -26,77 +26,22 @@ __device__ __forceinline__ void grid_dependents_launch() {
 // Rounds an fp32 value to bf16 and back: reproduces a LibTorch bf16 op's output rounding.
 __device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
-// Sum over the warp, every lane gets it (butterfly: the same order in every lane).
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Sum of v over the block (every thread gets it). Uses shared scratch: a second call needs a
 // __syncthreads() between.
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float warp_sums[32];
-  v = warp_sum(v);
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
   const int warps = (blockDim.x + 31) / 32;
   v = threadIdx.x < warps ? warp_sums[threadIdx.x] : 0.f;
-  if (warp == 0) v = warp_sum(v);
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   __shared__ float total;
   if (threadIdx.x == 0) total = v;
   __syncthreads();
   return total;
-}
-
-// Pieces of an RMSNorm row in 8-value slices (one 16-byte load each), shared by every kernel
-// that normalises rows so that all of them round and sum in exactly the same order.
-// h = x + y rounded to bf16 (x alone when y is null): the slice as floats v and as bf16.
-__device__ __forceinline__ uint4 row_slice8(const __nv_bfloat16* x, const __nv_bfloat16* y, int64_t c, float (&v)[8]) {
-  const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(xp[j]);
-    v[2 * j] = f.x;
-    v[2 * j + 1] = f.y;
-  }
-  if (!y) return xv;
-  const uint4 yv = *reinterpret_cast<const uint4*>(y + c);
-  const __nv_bfloat162* yp = reinterpret_cast<const __nv_bfloat162*>(&yv);
-  uint4 hv;
-  __nv_bfloat16* hp = reinterpret_cast<__nv_bfloat16*>(&hv);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(yp[j]);
-    hp[2 * j] = __float2bfloat16(v[2 * j] + f.x);
-    hp[2 * j + 1] = __float2bfloat16(v[2 * j + 1] + f.y);
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(hp[j]);
-  return hv;
-}
-
-__device__ __forceinline__ float sum_sq8(const float (&v)[8]) {
-  float sq = 0.f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
-  return sq;
-}
-
-// rsqrt(mean(h^2) + eps) from the row's sum of squares.
-__device__ __forceinline__ float rms_scale(float sum_sq, int64_t cols, float eps) {
-  return rsqrtf(sum_sq / static_cast<float>(cols) + eps);
-}
-
-// w * bf16(h * scale) for a slice, as HF's LlamaRMSNorm rounds it.
-__device__ __forceinline__ uint4 rms_apply8(const uint4& w, const float (&v)[8], float scale) {
-  const __nv_bfloat16* wp = reinterpret_cast<const __nv_bfloat16*>(&w);
-  uint4 ov;
-  __nv_bfloat16* op = reinterpret_cast<__nv_bfloat16*>(&ov);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) op[j] = __float2bfloat16(__bfloat162float(wp[j]) * bf(v[j] * scale));
-  return ov;
 }
 
 // RMSNorm of one row of `cols` = 8 * blockDim.x bf16 values, one 16-byte load per thread: a
@@ -109,10 +54,40 @@ __device__ __forceinline__ void rms_norm_row_vec(const __nv_bfloat16* x, const _
                                                  __nv_bfloat16* out, int64_t cols, float eps) {
   const int64_t c = 8 * static_cast<int64_t>(threadIdx.x);
   float v[8];
-  const uint4 hv = row_slice8(x, y, c, v);
-  if (y && h_out) *reinterpret_cast<uint4*>(h_out + c) = hv;
-  const float scale = rms_scale(block_sum(sum_sq8(v)), cols, eps);
-  *reinterpret_cast<uint4*>(out + c) = rms_apply8(*reinterpret_cast<const uint4*>(w + c), v, scale);
+  const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
+  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(xp[j]);
+    v[2 * j] = f.x;
+    v[2 * j + 1] = f.y;
+  }
+  if (y) {
+    const uint4 yv = *reinterpret_cast<const uint4*>(y + c);
+    const __nv_bfloat162* yp = reinterpret_cast<const __nv_bfloat162*>(&yv);
+    uint4 hv;
+    __nv_bfloat16* hp = reinterpret_cast<__nv_bfloat16*>(&hv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(yp[j]);
+      hp[2 * j] = __float2bfloat16(v[2 * j] + f.x);
+      hp[2 * j + 1] = __float2bfloat16(v[2 * j + 1] + f.y);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(hp[j]);
+    if (h_out) *reinterpret_cast<uint4*>(h_out + c) = hv;
+  }
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
+  const float scale = rsqrtf(block_sum(sq) / static_cast<float>(cols) + eps);
+  const uint4 wv = *reinterpret_cast<const uint4*>(w + c);
+  const __nv_bfloat16* wp = reinterpret_cast<const __nv_bfloat16*>(&wv);
+  uint4 ov;
+  __nv_bfloat16* op = reinterpret_cast<__nv_bfloat16*>(&ov);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) op[j] = __float2bfloat16(__bfloat162float(wp[j]) * bf(v[j] * scale));
+  *reinterpret_cast<uint4*>(out + c) = ov;
 }
 
 // Whether rms_norm_row_vec serves rows of `cols` values at these addresses and row strides.

@@ -157,7 +157,7 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
       if (t + 32 * i < splits) weight[t + 32 * i] = f;
       sum += l[i] * f;
     }
-    sum = warp_sum(sum);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (t == 0) inv_sum = sum > 0.f ? 1.f / sum : 0.f;
   }
   __syncthreads();
@@ -426,91 +426,21 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// The RMSNorm in front of a GEMV (RowNorm in decode_kernels.h, device types).
-struct RowNormArgs {
-  const bf16* resid;
-  const bf16* weight;
-  bf16* h_out;
-  float eps;
-};
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
-// normed = RMSNorm(x + resid) of one k-wide row into shared xs, computed by the whole block
-// with the operations and the summation order of rms_norm_row_vec at k / 8 threads (thread t
-// plays its threads t, t + kThreads, ...; their warps' sums are combined as block_sum does), so
-// the GEMV's input is bit-equal to add_rms_norm's. The norm weight is already on its way into
-// ws (cp.async). Block 0 stores h. k % 256 == 0, k <= 8 * 4 * kThreads.
-template <int kThreads>
-__device__ void rms_norm_row_shared(const bf16* x, const RowNormArgs& a, const bf16* ws, bf16* xs, int64_t k) {
-  constexpr int kPerThread = 4;
-  __shared__ float warp_sums[32];
-  __shared__ float total;
-  const int lane = threadIdx.x % 32;
-  const int64_t slices = k / 8;  // a multiple of 32: each warp's slices are all in or all out
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int64_t v = threadIdx.x + i * kThreads;
-    if (v >= slices) break;
-    float f[8];
-    const uint4 hv = row_slice8(x, a.resid, 8 * v, f);
-    *reinterpret_cast<uint4*>(xs + 8 * v) = hv;
-    if (a.resid && a.h_out && blockIdx.x == 0) *reinterpret_cast<uint4*>(a.h_out + 8 * v) = hv;
-    const float sq = warp_sum(sum_sq8(f));
-    if (lane == 0) warp_sums[v / 32] = sq;
-  }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const float t = warp_sum(lane < slices / 32 ? warp_sums[lane] : 0.f);
-    if (lane == 0) total = t;
-  }
-  cp_async_wait_all();
-  __syncthreads();
-  const float scale = rms_scale(total, k, a.eps);
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {  // each thread rewrites only the slices it wrote
-    const int64_t v = threadIdx.x + i * kThreads;
-    if (v >= slices) break;
-    float f[8];
-    const uint4 hv = *reinterpret_cast<const uint4*>(xs + 8 * v);
-    const __nv_bfloat162* hp = reinterpret_cast<const __nv_bfloat162*>(&hv);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 g = __bfloat1622float2(hp[j]);
-      f[2 * j] = g.x;
-      f[2 * j + 1] = g.y;
-    }
-    *reinterpret_cast<uint4*>(xs + 8 * v) = rms_apply8(*reinterpret_cast<const uint4*>(ws + 8 * v), f, scale);
-  }
-  __syncthreads();
-}
-
 // Warp w computes rows [w * kRows, (w + 1) * kRows) (SwiGLU: gate rows [w * kRows / 2, ...)
 // and their up rows, kRows / 2 outputs); lane l reads 8 values (16 bytes) of each row per
 // 256-value chunk, kUnroll chunks per step, all issued before the first use: kRows * kUnroll
 // loads in flight per lane (a K that is not a multiple of the step is handled by predicated
 // loads, not by a serial tail). The first step's weights are loaded before the wait for the
-// previous kernel (programmatic dependent launch). kNorm: x is RMSNorm(x + resid), computed by
-// each block into shared memory first (rms_norm_row_shared; 4 k bytes of dynamic shared memory).
-template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut, bool kNorm>
+// previous kernel (programmatic dependent launch).
+template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
-                                                            bf16* __restrict__ y, int64_t n, int64_t k,
-                                                            RowNormArgs norm) {
+                                                            bf16* __restrict__ y, int64_t n, int64_t k) {
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
   constexpr int kOuts = kSwiGLU ? kRows / 2 : kRows;
-  extern __shared__ uint4 gemv_smem[];
-  bf16* xs = reinterpret_cast<bf16*>(gemv_smem);  // the normed row, then the norm weight
-  bf16* ws = xs + k;
-  if constexpr (kNorm)
-    for (int64_t c = 8 * threadIdx.x; c < k; c += 8 * kGemvThreads) cp_async16(ws + c, norm.weight + c);
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t outs = kSwiGLU ? n / 2 : n, out0 = warp * kOuts;
-  if (!kNorm && out0 >= outs) return;  // with kNorm every warp takes part in the norm first
+  if (out0 >= outs) return;
   const bf16* wr[kRows];
   bool ok[kRows];
 #pragma unroll
@@ -534,17 +464,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
   float sum[kRows] = {};
   load_w(0);
   grid_dependency_wait();  // x is the previous kernel's output
-  if constexpr (kNorm) {
-    rms_norm_row_shared<kGemvThreads>(x, norm, ws, xs, k);
-    if (out0 >= outs) return;
-  }
-  const bf16* xin = kNorm ? xs : x;
   for (int64_t s = 0; s < steps; ++s) {
     uint4 xv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = (s * kUnroll + u) * 256 + lane * 8;
-      xv[u] = c < k ? *reinterpret_cast<const uint4*>(xin + c) : make_uint4(0, 0, 0, 0);
+      xv[u] = c < k ? *reinterpret_cast<const uint4*>(x + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
@@ -573,11 +498,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
 // start while the previous one drains; each kernel here waits (griddepcontrol.wait) before it
 // touches anything the previous one writes.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Launch& on, Args... args) {
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
   cfg.stream = on.stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -589,19 +513,15 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const
 
 unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
 
-template <int kRows, int kUnroll, int kPolicy = 0, bool kNorm = false>
-void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-                 const RowNormArgs& norm = {}) {
+template <int kRows, int kUnroll, int kPolicy = 0>
+void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {
   constexpr int kPairs = kRows < 2 ? 2 : kRows;  // SwiGLU rows come in (gate, up) pairs
   const int64_t outs = swiglu ? n / 2 : n, per_warp = swiglu ? kPairs / 2 : kRows;
   const unsigned grid = grid1(blocks_for((outs + per_warp - 1) / per_warp * 32, kGemvThreads));
-  const size_t smem = kNorm ? 4 * static_cast<size_t>(k) : 0;
   if (swiglu)
-    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n,
-           k, norm);
+    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k);
   else
-    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain, kNorm>, grid, kGemvThreads, smem, on, w, x, y, n, k,
-           norm);
+    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k);
 }
 
 template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
@@ -610,10 +530,10 @@ void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, 
   const int mm = static_cast<int>(m);
   if (swiglu)
     launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU>,
-           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, 0, on, w, x, ldx, bias, y, ldy, n, k, mm);
+           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
   else
     launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain>,
-           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, 0, on, w, x, ldx, bias, y, ldy, n, k, mm);
+           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
 }
 
 }  // namespace
@@ -627,10 +547,10 @@ void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, voi
   auto* hp = static_cast<bf16*>(h);
   auto* np = static_cast<bf16*>(normed);
   if (rms_norm_vec_fits(cols, {x, y, w, h, normed}, {})) {
-    launch(add_rms_norm_vec_kernel, grid1(rows), static_cast<unsigned>(cols / 8), 0, on, xp, yp, wp, hp, np, cols, eps);
+    launch(add_rms_norm_vec_kernel, grid1(rows), static_cast<unsigned>(cols / 8), on, xp, yp, wp, hp, np, cols, eps);
     return;
   }
-  launch(add_rms_norm_kernel, grid1(rows), cols >= 1024 ? 256 : 128, 0, on, xp, yp, wp, hp, np, cols, eps);
+  launch(add_rms_norm_kernel, grid1(rows), cols >= 1024 ? 256 : 128, on, xp, yp, wp, hp, np, cols, eps);
 }
 
 void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
@@ -638,7 +558,7 @@ void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, co
                         int64_t kv_heads, int64_t dim, int64_t capacity, const Launch& on) {
   const int64_t pairs = batch * (heads + 2 * kv_heads) * (dim / 2);
   if (pairs == 0) return;
-  launch(rope_store_kv_kernel, grid1(blocks_for(pairs, 256)), 256, 0, on, static_cast<const bf16*>(qkv), qkv_stride,
+  launch(rope_store_kv_kernel, grid1(blocks_for(pairs, 256)), 256, on, static_cast<const bf16*>(qkv), qkv_stride,
          static_cast<const bf16*>(cos), static_cast<const bf16*>(sin), static_cast<bf16*>(q_out),
          static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), slot, heads, kv_heads, dim, capacity, pairs);
 }
@@ -695,7 +615,7 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
   const auto* vp = static_cast<const bf16*>(v_cache);
   auto* op = static_cast<bf16*>(out);
 #define GMSA_DECODE_ATTENTION(D)                                                                                  \
-  launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, 0, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
+  launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
          op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
@@ -707,21 +627,15 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
 #undef GMSA_DECODE_ATTENTION
 }
 
-void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-               const RowNorm* norm) {
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on) {
   if (n == 0) return;
   const auto* wp = static_cast<const bf16*>(w);
   const auto* xp = static_cast<const bf16*>(x);
   auto* yp = static_cast<bf16*>(y);
   // Two rows per warp, 8 loads in flight: the fastest of scripts/bench/skinny_gemm_sweep.cu on
   // every 7B shape (2.56-3.05 TB/s), or within 1% of it.
-  if (!norm) return launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
-  const RowNormArgs args{static_cast<const bf16*>(norm->resid), static_cast<const bf16*>(norm->weight),
-                         static_cast<bf16*>(norm->h_out), norm->eps};
-  launch_gemv<2, 8, 0, true>(wp, xp, yp, n, k, swiglu, on, args);
+  launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
 }
-
-bool gemv_norm_supports(int64_t k) { return k > 0 && k % 256 == 0 && k <= 32 * kGemvThreads; }
 
 void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden, const int64_t* positions,
                        const float* inv_freq, int64_t dim, const int64_t* slot, bool* key_mask, int64_t capacity,

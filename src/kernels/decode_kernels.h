@@ -69,25 +69,7 @@ void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for
 // skinny_gemm_bf16 below, y [N/2].
-// norm: the RMSNorm in front of the projection, done inside the GEMV (see RowNorm).
-struct RowNorm;
-void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on,
-               const RowNorm* norm = nullptr);
-
-// The RMSNorm that starts a sub-block, done by the one-row GEMV that follows it instead of by an
-// add_rms_norm_bf16 launch of its own (one kernel boundary fewer, twice per layer): every block
-// of the GEMV computes normed = weight * bf16(h * rsqrt(mean(h^2) + eps)), h = x + resid (x alone
-// when resid is null), from the 8 KB row in L2 into its shared memory, and multiplies that;
-// block 0 stores h to h_out (when resid and h_out are set), the next residual stream, which must
-// not alias x or resid. Bit-equal to add_rms_norm_bf16 then gemv_bf16. Needs
-// gemv_norm_supports(k); all pointers 16-byte aligned.
-struct RowNorm {
-  const void* resid;
-  const void* weight;
-  void* h_out;
-  float eps;
-};
-bool gemv_norm_supports(int64_t k);
+void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on);
 
 // y [M, N] (row stride ldy) = x [M, K] (row stride ldx) W [N, K]^T for 1 <= M <= 16 on tensor
 // cores (src/kernels/skinny_gemm.cuh), fp32 accumulation, bf16 out. swiglu: W packs gate rows

@@ -42,11 +42,6 @@ bool& pdl_flag() {
   return on;
 }
 
-bool& norm_in_gemv_flag() {
-  static bool on = !env_is("GMSA_DECODE_NORM_IN_GEMV", "0");
-  return on;
-}
-
 }  // namespace
 
 bool enabled() { return fused::enabled() && enabled_flag(); }
@@ -71,8 +66,6 @@ Projection parse_projection(const std::string& name) {
 }
 bool programmatic_launch() { return enabled() && pdl_flag(); }
 void set_programmatic_launch(bool on) { pdl_flag() = on; }
-bool norm_in_gemv() { return enabled() && norm_in_gemv_flag(); }
-void set_norm_in_gemv(bool on) { norm_in_gemv_flag() = on; }
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
 
@@ -212,27 +205,6 @@ torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up
   return y;
 }
 
-std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, const torch::Tensor& resid,
-                                                    const torch::Tensor& norm_w, double eps, const torch::Tensor& w,
-                                                    bool swiglu, bool keep_h) {
-  if (!norm_in_gemv() || pick(x, w, /*bias=*/false) != Kernel::kGemv || x.numel() != w.size(1) ||
-      !kernels::gemv_norm_supports(w.size(1)) || !bf16_cuda({&norm_w}) || !norm_w.is_contiguous() ||
-      norm_w.numel() != w.size(1) || !aligned16(norm_w.data_ptr()) || (swiglu && w.size(0) % 2 != 0))
-    return {};
-  if (resid.defined() && (!bf16_cuda({&resid}) || resid.sizes() != x.sizes() || !resid.is_contiguous() ||
-                          !aligned16(resid.data_ptr())))
-    return {};
-  c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = w.size(0), K = w.size(1);
-  auto y = output_like(x, swiglu ? N / 2 : N);
-  auto h = resid.defined() && keep_h ? torch::empty_like(x) : torch::Tensor();
-  const kernels::RowNorm norm{resid.defined() ? resid.data_ptr() : nullptr, norm_w.data_ptr(),
-                              h.defined() ? h.data_ptr() : nullptr, static_cast<float>(eps)};
-  kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, swiglu, on_stream(), &norm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {y, h};
-}
-
 StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
                      const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim) {
   if (!enabled() || !bf16_cuda({&embed}) || embed.dim() != 2 || !embed.is_contiguous() || embed.size(1) % 8 != 0 ||
@@ -305,10 +277,6 @@ StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Te
   return {};
 }
 bool step_end(torch::Tensor&, torch::Tensor&) { return false; }
-std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                                    double, const torch::Tensor&, bool, bool) {
-  return {};
-}
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&,
                                                      const torch::Tensor&, double) {
   return {};

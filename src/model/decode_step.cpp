@@ -109,55 +109,38 @@ torch::Tensor DecodeStep::forward_kernels() {
   auto allowed = key_mask_;
   if (mc.sliding_window) allowed = allowed.logical_and(columns_ > slot_ - *mc.sliding_window);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  // The residual stream and the sub-block output still to be added to it (undefined: none).
-  // Each add is fused with the RMSNorm that follows it, and at one row both run inside the
-  // GEMV of the projection after them (decode_ops::norm_linear); otherwise add_rms_norm does.
-  torch::Tensor delta;
-  auto normed_input = [&](RMSNorm norm) {
-    if (!delta.defined()) return norm(resid);
+  // The residual stream and the sub-block output still to be added to it: each add is fused
+  // with the RMSNorm that follows it.
+  torch::Tensor delta, normed = body->layer(0)->input_layernorm(resid);
+  auto add_norm = [&](const RMSNorm& norm) {
     auto [h, n] = decode_ops::add_rms_norm(resid, delta, norm->weight, norm->eps);
     resid = checked(h, "add + RMSNorm");
-    return n;
-  };
-  // RMSNorm(resid + delta) W^T + bias, or its SwiGLU for a packed gate/up W.
-  auto normed_linear = [&](RMSNorm norm, const torch::Tensor& w, const torch::Tensor& bias, bool swiglu,
-                           bool keep_h) {
-    torch::Tensor y;
-    if (!bias.defined()) {
-      auto [out, h] = decode_ops::norm_linear(delta.defined() ? delta : resid, delta.defined() ? resid : torch::Tensor(), norm->weight, norm->eps, w,
-                                              swiglu, keep_h);
-      if (out.defined() && h.defined()) resid = h;
-      y = out;
-    }
-    if (!y.defined()) {
-      auto normed = normed_input(norm);
-      if (swiglu && !bias.defined()) y = decode_ops::swiglu_linear(normed, w);
-      if (swiglu && !y.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
-        auto gu = decode_ops::linear(normed, w, bias);
-        const int64_t I = gu.size(-1) / 2;
-        y = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
-      }
-      if (!swiglu) y = decode_ops::linear(normed, w, bias);
-    }
-    delta = torch::Tensor();
-    return y;
+    normed = n;
   };
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
+    if (i > 0) add_norm(layer->input_layernorm);
     auto qkv_w = attn->packed_qkv();
-    auto qkv = normed_linear(layer->input_layernorm, qkv_w.weight, qkv_w.bias, false, true);
+    auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
     auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_,
                                            /*after_kv_store=*/true), "attention");
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias);
+    add_norm(layer->post_attention_layernorm);
     auto gu_w = layer->mlp->packed_gate_up();
-    auto h = normed_linear(layer->post_attention_layernorm, gu_w.weight, gu_w.bias, true, true);
+    auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight);
+    if (!h.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
+      auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
+      const int64_t I = gu.size(-1) / 2;
+      h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
+    }
     delta = decode_ops::linear(h, layer->mlp->down_proj->weight, layer->mlp->down_proj->bias);
   }
+  add_norm(body->norm);
   const auto& head = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
-  auto logits = normed_linear(body->norm, head.to(dec_->compute_dtype()), {}, false, false).to(torch::kFloat);
+  auto logits = decode_ops::linear(normed, head.to(normed.scalar_type())).to(torch::kFloat);
   if (!decode_ops::step_end(positions_, slot_)) {
     positions_.add_(1);
     slot_.add_(1);

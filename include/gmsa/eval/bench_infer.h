@@ -32,7 +32,6 @@ struct BenchInferOptions {
   bool decode_kernels = true;  // the decoding step's kernels (decode_ops.h) where they apply
   std::string gemv;            // decode_ops::Projection by name (auto | cublas | tc); empty: as is
   bool pdl = true;             // programmatic dependent launch of the decoding kernels
-  bool norm_in_gemv = true;    // RMSNorm inside the one-row GEMV after it (decode_ops::norm_linear)
   bool merge_lora = true;      // fold the encoder's LoRA into private weights (Encoder::merge_lora)
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
 };

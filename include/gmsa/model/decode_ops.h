@@ -29,10 +29,6 @@ Projection parse_projection(const std::string& name);
 // Programmatic dependent launch of the kernels (GMSA_DECODE_PDL=0 switches it off).
 bool programmatic_launch();
 void set_programmatic_launch(bool on);
-// The RMSNorm done inside the one-row GEMV that follows it (norm_linear; GMSA_DECODE_NORM_IN_GEMV=0
-// switches it off: add_rms_norm then linear).
-bool norm_in_gemv();
-void set_norm_in_gemv(bool on);
 
 // {h, normed}: h = x + y, normed = RMSNorm(h) with weight w. x, y [rows, H] contiguous.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
@@ -61,16 +57,6 @@ bool attention_supports(int64_t head_dim);
 // x W^T (+ bias) with the kernel projection() picks when x [..., K] holds 1 to 16 contiguous
 // bf16 rows (K % 32 == 0; one row: K % 8 == 0); else torch::linear.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias = {});
-
-// {RMSNorm(x + resid) W^T, x + resid} for one row (resid undefined: RMSNorm(x) W^T and no h),
-// SwiGLU'd as swiglu_linear when swiglu, in one launch: the GEMV normalises the row itself
-// (kernels::RowNorm), bit-equal to add_rms_norm then linear / swiglu_linear. keep_h false: h is
-// not stored. Undefined where that kernel does not take the rows (more than one row,
-// projection() not kAuto, norm_in_gemv() off, widths or layouts it does not serve): the caller
-// then runs add_rms_norm and the projection.
-std::pair<torch::Tensor, torch::Tensor> norm_linear(const torch::Tensor& x, const torch::Tensor& resid,
-                                                    const torch::Tensor& norm_w, double eps, const torch::Tensor& w,
-                                                    bool swiglu = false, bool keep_h = true);
 
 // The decoding step's first launch: the rows' embeddings embed[tokens] ([B, H], bf16 embed
 // [V, H]), their RoPE tables for `positions` [B] as rope_tables() makes them (cos, sin [B, dim]
