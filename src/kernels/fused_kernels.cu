@@ -40,11 +40,56 @@ struct RopePair {
   __device__ int64_t head_major_row() const { return (b * heads + h) * tokens + t; }
 };
 
-// One thread per rotated pair (i, i + half) of one head of one token.
+// V consecutive bf16 values as floats, and back (each rounded to bf16): one 16-byte access
+// for V = 8 (the elementwise kernels below read memory at a third of the bandwidth with 2-byte
+// accesses; ncu, docs/performance.md). The per-value arithmetic is the same for every V.
+template <int V>
+__device__ __forceinline__ void load_bf(const __nv_bfloat16* p, float (&f)[V]) {
+  if constexpr (V == 8) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 g = __bfloat1622float2(h[j]);
+      f[2 * j] = g.x;
+      f[2 * j + 1] = g.y;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) f[j] = __bfloat162float(p[j]);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_bf(__nv_bfloat16* p, const float (&f)[V]) {
+  if constexpr (V == 8) {
+    uint4 u;
+    __nv_bfloat16* h = reinterpret_cast<__nv_bfloat16*>(&u);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) h[j] = __float2bfloat16(f[j]);
+    *reinterpret_cast<uint4*>(p) = u;
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) p[j] = __float2bfloat16(f[j]);
+  }
+}
+
+// Whether the V = 8 kernels apply: every pointer 16-byte aligned, every count and stride a
+// multiple of 8 values.
+inline bool vec8(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> counts) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  for (int64_t c : counts)
+    if (c % 8 != 0) return false;
+  return true;
+}
+
+// One thread per V consecutive rotated pairs (i, i + half) of one head of one token.
+template <int V>
 __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
                             const __nv_bfloat16* cos, const __nv_bfloat16* sin, __nv_bfloat16* out,
                             int64_t tokens, int64_t heads, int64_t dim, int64_t pairs) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t idx = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (idx >= pairs) return;
   const RopePair p(idx, tokens, heads, dim);
   const int64_t i = p.i, half = p.half;
@@ -52,21 +97,35 @@ __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
   const __nv_bfloat16* c = cos + p.bt * dim;
   const __nv_bfloat16* s = sin + p.bt * dim;
   __nv_bfloat16* dst = out + p.head_major_row() * dim;
-  const float lo = __bfloat162float(src[i]), hi = __bfloat162float(src[i + half]);
-  // rotate_half(x) = [-x_hi, x_lo]; negation is exact in bf16.
-  dst[i] = __float2bfloat16(bf(lo * __bfloat162float(c[i])) + bf(-hi * __bfloat162float(s[i])));
-  dst[i + half] = __float2bfloat16(bf(hi * __bfloat162float(c[i + half])) +
-                                   bf(lo * __bfloat162float(s[i + half])));
+  float lo[V], hi[V], c_lo[V], c_hi[V], s_lo[V], s_hi[V], o_lo[V], o_hi[V];
+  load_bf<V>(src + i, lo);
+  load_bf<V>(src + i + half, hi);
+  load_bf<V>(c + i, c_lo);
+  load_bf<V>(c + i + half, c_hi);
+  load_bf<V>(s + i, s_lo);
+  load_bf<V>(s + i + half, s_hi);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {  // rotate_half(x) = [-x_hi, x_lo]; negation is exact in bf16
+    o_lo[j] = bf(lo[j] * c_lo[j]) + bf(-hi[j] * s_lo[j]);
+    o_hi[j] = bf(hi[j] * c_hi[j]) + bf(lo[j] * s_hi[j]);
+  }
+  store_bf<V>(dst + i, o_lo);
+  store_bf<V>(dst + i + half, o_hi);
 }
 
+// One thread per V consecutive outputs of a row.
+template <int V>
 __global__ void silu_mul_kernel(const __nv_bfloat16* gate, int64_t gate_stride, const __nv_bfloat16* up,
                                 int64_t up_stride, __nv_bfloat16* out, int64_t cols, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (i >= n) return;
   const int64_t r = i / cols, c = i % cols;
-  const float g = __bfloat162float(gate[r * gate_stride + c]);
-  const float silu = bf(g / (1.0f + expf(-g)));
-  out[i] = __float2bfloat16(silu * __bfloat162float(up[r * up_stride + c]));
+  float g[V], u[V], o[V];
+  load_bf<V>(gate + r * gate_stride + c, g);
+  load_bf<V>(up + r * up_stride + c, u);
+#pragma unroll
+  for (int j = 0; j < V; ++j) o[j] = bf(g[j] / (1.0f + expf(-g[j]))) * u[j];
+  store_bf<V>(out + i, o);
 }
 
 __global__ void rms_norm_backward_kernel(const __nv_bfloat16* x, int64_t x_stride,
@@ -91,32 +150,51 @@ __global__ void rms_norm_backward_kernel(const __nv_bfloat16* x, int64_t x_strid
   }
 }
 
+template <int V>
 __global__ void rope_backward_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* cos,
                                      const __nv_bfloat16* sin, __nv_bfloat16* dx, int64_t tokens,
                                      int64_t heads, int64_t dim, int64_t pairs) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t idx = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (idx >= pairs) return;
   const RopePair p(idx, tokens, heads, dim);
   const int64_t i = p.i, half = p.half, bt = p.bt;
   const __nv_bfloat16* src = dout + p.head_major_row() * dim;
-  const float c_lo = __bfloat162float(cos[bt * dim + i]), c_hi = __bfloat162float(cos[bt * dim + i + half]);
-  const float s_lo = __bfloat162float(sin[bt * dim + i]), s_hi = __bfloat162float(sin[bt * dim + i + half]);
-  const float g_lo = __bfloat162float(src[i]), g_hi = __bfloat162float(src[i + half]);
+  float c_lo[V], c_hi[V], s_lo[V], s_hi[V], g_lo[V], g_hi[V], d_lo[V], d_hi[V];
+  load_bf<V>(cos + bt * dim + i, c_lo);
+  load_bf<V>(cos + bt * dim + i + half, c_hi);
+  load_bf<V>(sin + bt * dim + i, s_lo);
+  load_bf<V>(sin + bt * dim + i + half, s_hi);
+  load_bf<V>(src + i, g_lo);
+  load_bf<V>(src + i + half, g_hi);
   // Forward: out_lo = lo c_lo - hi s_lo, out_hi = hi c_hi + lo s_hi.
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    d_lo[j] = g_lo[j] * c_lo[j] + g_hi[j] * s_hi[j];
+    d_hi[j] = g_hi[j] * c_hi[j] - g_lo[j] * s_lo[j];
+  }
   __nv_bfloat16* dst = dx + bt * heads * dim + p.h * dim;
-  dst[i] = __float2bfloat16(g_lo * c_lo + g_hi * s_hi);
-  dst[i + half] = __float2bfloat16(g_hi * c_hi - g_lo * s_lo);
+  store_bf<V>(dst + i, d_lo);
+  store_bf<V>(dst + i + half, d_hi);
 }
 
+template <int V>
 __global__ void silu_mul_backward_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* up,
                                          const __nv_bfloat16* dout, __nv_bfloat16* dgate,
                                          __nv_bfloat16* dup, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (i >= n) return;
-  const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), d = __bfloat162float(dout[i]);
-  const float sig = 1.0f / (1.0f + expf(-g));
-  dgate[i] = __float2bfloat16(d * u * sig * (1.0f + g * (1.0f - sig)));
-  dup[i] = __float2bfloat16(d * g * sig);
+  float g[V], u[V], d[V], dg[V], du[V];
+  load_bf<V>(gate + i, g);
+  load_bf<V>(up + i, u);
+  load_bf<V>(dout + i, d);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const float sig = 1.0f / (1.0f + expf(-g[j]));
+    dg[j] = d[j] * u[j] * sig * (1.0f + g[j] * (1.0f - sig));
+    du[j] = d[j] * g[j] * sig;
+  }
+  store_bf<V>(dgate + i, dg);
+  store_bf<V>(dup + i, du);
 }
 
 }  // namespace
@@ -140,18 +218,29 @@ void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const voi
                int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
   const int64_t pairs = batch * tokens * heads * (dim / 2);
   if (pairs == 0) return;
-  rope_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), x_token_stride, static_cast<const __nv_bfloat16*>(cos),
-      static_cast<const __nv_bfloat16*>(sin), static_cast<__nv_bfloat16*>(out), tokens, heads, dim, pairs);
+  const auto* xp = static_cast<const __nv_bfloat16*>(x);
+  const auto* cp = static_cast<const __nv_bfloat16*>(cos);
+  const auto* sp = static_cast<const __nv_bfloat16*>(sin);
+  auto* op = static_cast<__nv_bfloat16*>(out);
+  if (vec8({x, cos, sin, out}, {x_token_stride, dim / 2}))
+    rope_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads,
+                                                                   dim, pairs);
+  else
+    rope_kernel<1><<<blocks_for(pairs, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads, dim,
+                                                               pairs);
 }
 
 void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,
                    int64_t rows, int64_t cols, cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n == 0) return;
-  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate), gate_stride,
-                                                          static_cast<const __nv_bfloat16*>(up), up_stride,
-                                                          static_cast<__nv_bfloat16*>(out), cols, n);
+  const auto* gp = static_cast<const __nv_bfloat16*>(gate);
+  const auto* up_ = static_cast<const __nv_bfloat16*>(up);
+  auto* op = static_cast<__nv_bfloat16*>(out);
+  if (vec8({gate, up, out}, {gate_stride, up_stride, cols}))
+    silu_mul_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
+  else
+    silu_mul_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
 }
 
 void rms_norm_backward_bf16(const void* x, int64_t x_stride, const void* w, const void* dy, void* dx,
@@ -167,18 +256,28 @@ void rope_backward_bf16(const void* dout, const void* cos, const void* sin, void
                         int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
   const int64_t pairs = batch * tokens * heads * (dim / 2);
   if (pairs == 0) return;
-  rope_backward_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(dout), static_cast<const __nv_bfloat16*>(cos),
-      static_cast<const __nv_bfloat16*>(sin), static_cast<__nv_bfloat16*>(dx), tokens, heads, dim, pairs);
+  const auto* gp = static_cast<const __nv_bfloat16*>(dout);
+  const auto* cp = static_cast<const __nv_bfloat16*>(cos);
+  const auto* sp = static_cast<const __nv_bfloat16*>(sin);
+  auto* dp = static_cast<__nv_bfloat16*>(dx);
+  if (vec8({dout, cos, sin, dx}, {dim / 2}))
+    rope_backward_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(gp, cp, sp, dp, tokens, heads, dim, pairs);
+  else
+    rope_backward_kernel<1><<<blocks_for(pairs, 256), 256, 0, stream>>>(gp, cp, sp, dp, tokens, heads, dim, pairs);
 }
 
 void silu_mul_backward_bf16(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
                             int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  silu_mul_backward_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(gate), static_cast<const __nv_bfloat16*>(up),
-      static_cast<const __nv_bfloat16*>(dout), static_cast<__nv_bfloat16*>(dgate),
-      static_cast<__nv_bfloat16*>(dup), n);
+  const auto* gp = static_cast<const __nv_bfloat16*>(gate);
+  const auto* up_ = static_cast<const __nv_bfloat16*>(up);
+  const auto* dp = static_cast<const __nv_bfloat16*>(dout);
+  auto* dg = static_cast<__nv_bfloat16*>(dgate);
+  auto* du = static_cast<__nv_bfloat16*>(dup);
+  if (vec8({gate, up, dout, dgate, dup}, {n}))
+    silu_mul_backward_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(gp, up_, dp, dg, du, n);
+  else
+    silu_mul_backward_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(gp, up_, dp, dg, du, n);
 }
 
 }  // namespace gmsa::kernels
