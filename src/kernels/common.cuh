@@ -26,6 +26,18 @@ __device__ __forceinline__ void grid_dependents_launch() {
 // Rounds an fp32 value to bf16 and back: reproduces a LibTorch bf16 op's output rounding.
 __device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
+// Eight consecutive bf16 values as floats, in one 16-byte load (p 16-byte aligned).
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&out)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    out[2 * j] = f.x;
+    out[2 * j + 1] = f.y;
+  }
+}
+
 // Sum of v over the block (every thread gets it). Uses shared scratch: a second call needs a
 // __syncthreads() between.
 __device__ __forceinline__ float block_sum(float v) {
@@ -54,14 +66,7 @@ __device__ __forceinline__ void rms_norm_row_vec(const __nv_bfloat16* x, const _
                                                  __nv_bfloat16* out, int64_t cols, float eps) {
   const int64_t c = 8 * static_cast<int64_t>(threadIdx.x);
   float v[8];
-  const uint4 xv = *reinterpret_cast<const uint4*>(x + c);
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(xp[j]);
-    v[2 * j] = f.x;
-    v[2 * j + 1] = f.y;
-  }
+  load8(x + c, v);
   if (y) {
     const uint4 yv = *reinterpret_cast<const uint4*>(y + c);
     const __nv_bfloat162* yp = reinterpret_cast<const __nv_bfloat162*>(&yv);

@@ -75,18 +75,6 @@ __global__ void rope_store_kv_kernel(const bf16* qkv, int64_t qkv_stride, const 
 
 // ---------------------------------------------------------------- split-KV decode attention
 
-// Eight consecutive bf16 values as floats, in one 16-byte load.
-__device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(h[j]);
-    out[2 * j] = f.x;
-    out[2 * j + 1] = f.y;
-  }
-}
-
 constexpr int kAttnWarps = 4;
 constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduces: memory parallelism
 constexpr int kMaxSplits = 128;

@@ -46,14 +46,7 @@ struct RopePair {
 template <int V>
 __device__ __forceinline__ void load_bf(const __nv_bfloat16* p, float (&f)[V]) {
   if constexpr (V == 8) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 g = __bfloat1622float2(h[j]);
-      f[2 * j] = g.x;
-      f[2 * j + 1] = g.y;
-    }
+    load8(p, f);
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) f[j] = __bfloat162float(p[j]);
