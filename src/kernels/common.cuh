@@ -95,15 +95,20 @@ __device__ __forceinline__ void rms_norm_row_vec(const __nv_bfloat16* x, const _
   *reinterpret_cast<uint4*>(out + c) = ov;
 }
 
+// Whether 16-byte (8-value) accesses serve: every pointer 16-byte aligned (null counts as
+// aligned), every count and stride a multiple of 8 values.
+inline bool vec8_fits(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> counts) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  for (int64_t c : counts)
+    if (c % 8 != 0) return false;
+  return true;
+}
+
 // Whether rms_norm_row_vec serves rows of `cols` values at these addresses and row strides.
 inline bool rms_norm_vec_fits(int64_t cols, std::initializer_list<const void*> ptrs,
                               std::initializer_list<int64_t> strides) {
-  if (cols % 256 != 0 || cols / 8 > 1024) return false;  // whole warps, at most 1024 threads
-  for (const void* p : ptrs)
-    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  for (int64_t s : strides)
-    if (s % 8 != 0) return false;
-  return true;
+  return cols % 256 == 0 && cols / 8 <= 1024 && vec8_fits(ptrs, strides);  // whole warps, <= 1024 threads
 }
 
 inline int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }

@@ -352,6 +352,15 @@ __device__ __forceinline__ bool ranks_above(float a, int64_t ia, float b, int64_
   return a > b || (a == b && ia < ib);
 }
 
+// (best, best_i) of the whole warp in every lane, in that order.
+__device__ __forceinline__ void warp_argmax(float& best, int64_t& best_i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ranks_above(ob, oi, best, best_i)) best = ob, best_i = oi;
+  }
+}
+
 // One block per row: the repetition penalty (as apply_repetition_penalty: seen tokens' logits
 // l * p below zero, l * (1 / p) otherwise, the way LibTorch divides by a scalar), the argmax,
 // and the bookkeeping of generate(): seen[next] = true, out[b * out_stride] = next,
@@ -370,11 +379,7 @@ __global__ void __launch_bounds__(1024) greedy_pick_kernel(const float* logits, 
     if (seen_row && seen_row[v]) l = l < 0.f ? l * penalty : l * inv_penalty;
     if (ranks_above(l, v, best, best_i)) best = l, best_i = v;
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    if (ranks_above(ob, oi, best, best_i)) best = ob, best_i = oi;
-  }
+  warp_argmax(best, best_i);
   __shared__ float warp_best[32];
   __shared__ int64_t warp_i[32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
@@ -383,13 +388,8 @@ __global__ void __launch_bounds__(1024) greedy_pick_kernel(const float* logits, 
   if (warp != 0) return;
   best = lane < warps ? warp_best[lane] : -INFINITY;
   best_i = lane < warps ? warp_i[lane] : INT64_MAX;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    if (ranks_above(ob, oi, best, best_i)) best = ob, best_i = oi;
-  }
-  if (lane != 0) return;
-  if (best_i == INT64_MAX) best_i = 0;  // an empty row (vocab 0 is rejected by the caller)
+  warp_argmax(best, best_i);
+  if (lane != 0) return;  // vocab > 0: best_i is a column
   next[b] = best_i;
   out[b * out_stride] = best_i;
   if (seen) seen[b * vocab + best_i] = true;

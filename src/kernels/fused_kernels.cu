@@ -67,16 +67,6 @@ __device__ __forceinline__ void store_bf(__nv_bfloat16* p, const float (&f)[V]) 
   }
 }
 
-// Whether the V = 8 kernels apply: every pointer 16-byte aligned, every count and stride a
-// multiple of 8 values.
-inline bool vec8(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> counts) {
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  for (int64_t c : counts)
-    if (c % 8 != 0) return false;
-  return true;
-}
-
 // One thread per V consecutive rotated pairs (i, i + half) of one head of one token.
 template <int V>
 __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
@@ -215,7 +205,7 @@ void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const voi
   const auto* cp = static_cast<const __nv_bfloat16*>(cos);
   const auto* sp = static_cast<const __nv_bfloat16*>(sin);
   auto* op = static_cast<__nv_bfloat16*>(out);
-  if (vec8({x, cos, sin, out}, {x_token_stride, dim / 2}))
+  if (vec8_fits({x, cos, sin, out}, {x_token_stride, dim / 2}))
     rope_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads,
                                                                    dim, pairs);
   else
@@ -230,7 +220,7 @@ void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_
   const auto* gp = static_cast<const __nv_bfloat16*>(gate);
   const auto* up_ = static_cast<const __nv_bfloat16*>(up);
   auto* op = static_cast<__nv_bfloat16*>(out);
-  if (vec8({gate, up, out}, {gate_stride, up_stride, cols}))
+  if (vec8_fits({gate, up, out}, {gate_stride, up_stride, cols}))
     silu_mul_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
   else
     silu_mul_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
@@ -253,7 +243,7 @@ void rope_backward_bf16(const void* dout, const void* cos, const void* sin, void
   const auto* cp = static_cast<const __nv_bfloat16*>(cos);
   const auto* sp = static_cast<const __nv_bfloat16*>(sin);
   auto* dp = static_cast<__nv_bfloat16*>(dx);
-  if (vec8({dout, cos, sin, dx}, {dim / 2}))
+  if (vec8_fits({dout, cos, sin, dx}, {dim / 2}))
     rope_backward_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(gp, cp, sp, dp, tokens, heads, dim, pairs);
   else
     rope_backward_kernel<1><<<blocks_for(pairs, 256), 256, 0, stream>>>(gp, cp, sp, dp, tokens, heads, dim, pairs);
@@ -267,7 +257,7 @@ void silu_mul_backward_bf16(const void* gate, const void* up, const void* dout, 
   const auto* dp = static_cast<const __nv_bfloat16*>(dout);
   auto* dg = static_cast<__nv_bfloat16*>(dgate);
   auto* du = static_cast<__nv_bfloat16*>(dup);
-  if (vec8({gate, up, dout, dgate, dup}, {n}))
+  if (vec8_fits({gate, up, dout, dgate, dup}, {n}))
     silu_mul_backward_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(gp, up_, dp, dg, du, n);
   else
     silu_mul_backward_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(gp, up_, dp, dg, du, n);
