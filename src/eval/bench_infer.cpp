@@ -228,6 +228,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   decode_ops::set_enabled(opts.decode_kernels);
   if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
   decode_ops::set_programmatic_launch(opts.pdl);
+  if (opts.warm_mib >= 0) decode_ops::set_warm_bytes(opts.warm_mib << 20);
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};
@@ -283,6 +284,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"decode_kernels", decode_ops::enabled()},
       {"gemv", decode_ops::projection_name(decode_ops::projection())},
       {"programmatic_launch", decode_ops::programmatic_launch()},
+      {"warm_bytes", decode_ops::warm_bytes()},
       {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},

@@ -23,6 +23,18 @@ __device__ __forceinline__ void grid_dependents_launch() {
 #endif
 }
 
+// Fetches one 128-byte line into L2 (no register result, nothing waits for it).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Fetches bytes [p, p + bytes) into L2, one line per prefetch, spread over every thread of the
+// grid (1-D blocks): called by a kernel after its own loads, for a kernel that runs later.
+__device__ __forceinline__ void prefetch_l2_span(const void* p, int64_t bytes) {
+  const int64_t threads = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z * blockDim.x;
+  const int64_t block = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const char* base = static_cast<const char*>(p);
+  for (int64_t i = block * blockDim.x + threadIdx.x; i * 128 < bytes; i += threads) prefetch_l2(base + i * 128);
+}
+
 // Rounds an fp32 value to bf16 and back: reproduces a LibTorch bf16 op's output rounding.
 __device__ __forceinline__ float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 

@@ -80,7 +80,6 @@ constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduc
 constexpr int kMaxSplits = 128;
 
 __device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // q (8 floats) . k (8 bf16 in one 16-byte word).
 __device__ __forceinline__ float dot8(const float (&q)[8], const uint4& k) {
@@ -172,12 +171,13 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
 // early_kv: the previous kernel writes only q and cache column *slot (RoPE + KV store), so *slot
 // is read and the first keys and values are fetched into L2 before the wait for it
 // (programmatic dependent launch): the kernels before that one have finished, since it
-// started only after its own wait.
+// started only after its own wait. After its loads the grid fetches `warm` into L2.
 template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
                             const int64_t* slot, float* workspace, int* arrivals, bf16* attn_out, int64_t heads,
-                            int64_t kv_heads, int64_t capacity, int64_t splits, float scale, bool early_kv) {
+                            int64_t kv_heads, int64_t capacity, int64_t splits, float scale, bool early_kv,
+                            const void* warm, int64_t warm_bytes) {
   constexpr int G = D / 8;           // lanes per key
   constexpr int kKeysPerStep = 32 / G;
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -252,6 +252,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     }
   }
   grid_dependents_launch();
+  prefetch_l2_span(warm, warm_bytes);
   // Merge the warp's groups: lanes with the same dims (same sub) exchange their states.
 #pragma unroll
   for (int o = G; o < 32; o <<= 1) {
@@ -419,10 +420,12 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
 // 256-value chunk, kUnroll chunks per step, all issued before the first use: kRows * kUnroll
 // loads in flight per lane (a K that is not a multiple of the step is handled by predicated
 // loads, not by a serial tail). The first step's weights are loaded before the wait for the
-// previous kernel (programmatic dependent launch).
+// previous kernel (programmatic dependent launch). After its loads the grid fetches `warm` into
+// L2 (Launch::warm).
 template <int kRows, int kUnroll, int kPolicy, SkinnyOut kOut>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
-                                                            bf16* __restrict__ y, int64_t n, int64_t k) {
+                                                            bf16* __restrict__ y, int64_t n, int64_t k,
+                                                            const void* warm, int64_t warm_bytes) {
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
   constexpr int kOuts = kSwiGLU ? kRows / 2 : kRows;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
@@ -466,6 +469,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
     if (s + 1 < steps) load_w(s + 1);
   }
   grid_dependents_launch();
+  prefetch_l2_span(warm, warm_bytes);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
     for (int o = 16; o > 0; o >>= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o);
@@ -507,9 +511,11 @@ void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bo
   const int64_t outs = swiglu ? n / 2 : n, per_warp = swiglu ? kPairs / 2 : kRows;
   const unsigned grid = grid1(blocks_for((outs + per_warp - 1) / per_warp * 32, kGemvThreads));
   if (swiglu)
-    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k);
+    launch(gemv_kernel<kPairs, kUnroll, kPolicy, SkinnyOut::kSwiGLU>, grid, kGemvThreads, on, w, x, y, n, k,
+           on.warm.p, on.warm.bytes);
   else
-    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k);
+    launch(gemv_kernel<kRows, kUnroll, kPolicy, SkinnyOut::kPlain>, grid, kGemvThreads, on, w, x, y, n, k,
+           on.warm.p, on.warm.bytes);
 }
 
 template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
@@ -518,10 +524,12 @@ void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, 
   const int mm = static_cast<int>(m);
   if (swiglu)
     launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU>,
-           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
+           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
+           on.warm.bytes);
   else
     launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain>,
-           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm);
+           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
+           on.warm.bytes);
 }
 
 }  // namespace
@@ -604,7 +612,7 @@ void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cac
   auto* op = static_cast<bf16*>(out);
 #define GMSA_DECODE_ATTENTION(D)                                                                                  \
   launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
-         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl)
+         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl, on.warm.p, on.warm.bytes)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;

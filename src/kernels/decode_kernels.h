@@ -11,12 +11,23 @@
 
 namespace gmsa::kernels {
 
+// Bytes [p, p + bytes) that a kernel fetches into L2 for a later one once its own loads are
+// done: the decoding step names the next projection's weights, so that memory keeps streaming
+// while the dependent kernels between two projections drain and ramp up. A hint: nothing waits
+// for it, and it changes no result.
+struct L2Span {
+  const void* p = nullptr;
+  int64_t bytes = 0;
+};
+
 // Where and how a kernel is launched. pdl: with programmatic dependent launch (sm_90), so that
 // it may start while the previous kernel drains (the GEMMs fetch their first weights then);
-// every kernel here waits for its predecessor before reading its inputs.
+// every kernel here waits for its predecessor before reading its inputs. warm: taken by
+// gemv_bf16, skinny_gemm_bf16 and decode_attention_bf16, ignored by the others.
 struct Launch {
   cudaStream_t stream;
   bool pdl = false;
+  L2Span warm = {};
 };
 
 // h = x + y (rounded to bf16), normed = w * bf16(h * rsqrt(mean(h^2) + eps)): the residual add

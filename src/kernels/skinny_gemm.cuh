@@ -14,7 +14,8 @@
 // Programmatic dependent launch (sm_90): the weights do not depend on the previous kernel, so
 // the first slabs are loaded before griddepcontrol.wait and their fetch overlaps the previous
 // kernel's tail; after its main loop a block lets the next kernel start launching. Launched
-// without the attribute, both instructions do nothing.
+// without the attribute, both instructions do nothing. Then the grid fetches [warm, warm +
+// warm_bytes) into L2 for a later kernel (none when warm_bytes is 0).
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -78,7 +79,7 @@ template <int NT, int RT, int kWarps, int kUnroll, int kPolicy, bool kContig, Sk
 __global__ void __launch_bounds__(kWarps * 32)
     skinny_gemm_kernel(const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ x, int64_t ldx,
                        const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t ldy,
-                       int64_t n, int64_t k, int m) {
+                       int64_t n, int64_t k, int m, const void* warm, int64_t warm_bytes) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
@@ -154,6 +155,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (s + 1 < steps) load_w(s + 1);
   }
   grid_dependents_launch();
+  prefetch_l2_span(warm, warm_bytes);  // for a later kernel (decode_kernels.h, L2Span)
 
   // Sum the warps' partial tiles. Element e of lane (g, t), x tile j: W row g + 8 (e >= 2) of
   // the tile, x row 2t + (e & 1) + 8j.

@@ -1,5 +1,6 @@
 #include "gmsa/model/decode_ops.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -42,6 +43,20 @@ bool& pdl_flag() {
   return on;
 }
 
+int64_t& warm_limit() {
+  static int64_t bytes = [] {
+    const char* v = std::getenv("GMSA_DECODE_WARM_MIB");
+    if (!v) return kDefaultWarmBytes;
+    char* end = nullptr;
+    const long long mib = std::strtoll(v, &end, 10);
+    if (end == v || *end != '\0' || mib < 0)
+      throw std::invalid_argument(std::string("GMSA_DECODE_WARM_MIB: expected a whole number of MiB >= 0, got '") + v +
+                                  "'");
+    return static_cast<int64_t>(mib) << 20;
+  }();
+  return bytes;
+}
+
 }  // namespace
 
 bool enabled() { return fused::enabled() && enabled_flag(); }
@@ -66,6 +81,8 @@ Projection parse_projection(const std::string& name) {
 }
 bool programmatic_launch() { return enabled() && pdl_flag(); }
 void set_programmatic_launch(bool on) { pdl_flag() = on; }
+int64_t warm_bytes() { return warm_limit(); }
+void set_warm_bytes(int64_t bytes) { warm_limit() = std::max<int64_t>(bytes, 0); }
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
 
@@ -77,7 +94,11 @@ bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
   return true;
 }
 
-kernels::Launch on_stream() { return {c10::cuda::getCurrentCUDAStream(), programmatic_launch()}; }
+kernels::Launch on_stream(const torch::Tensor& warm = {}) {
+  kernels::Launch on{c10::cuda::getCurrentCUDAStream(), programmatic_launch()};
+  if (warm.defined() && warm.is_cuda()) on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
+  return on;
+}
 
 }  // namespace
 
@@ -117,7 +138,7 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals, bool after_kv_store) {
+                        const torch::Tensor& arrivals, bool after_kv_store, const torch::Tensor& warm) {
   if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t Hkv = k_cache.size(1), capacity = k_cache.size(2);
@@ -139,7 +160,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
   kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
                                  slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
                                  workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D, capacity, splits,
-                                 static_cast<float>(scale), after_kv_store, on_stream());
+                                 static_cast<float>(scale), after_kv_store, on_stream(warm));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -174,7 +195,8 @@ torch::Tensor output_like(const torch::Tensor& x, int64_t n) {
 
 }  // namespace
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                     const torch::Tensor& warm) {
   const bool bias_ok = !bias.defined() || (bf16_cuda({&bias}) && bias.is_contiguous() && bias.numel() == w.size(0));
   const Kernel kernel = bias_ok ? pick(x, w, bias.defined()) : Kernel::kCublas;
   if (kernel == Kernel::kCublas) return torch::linear(x, w, bias);
@@ -182,25 +204,25 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const int64_t N = w.size(0), K = w.size(1), M = x.numel() / K;
   auto y = output_like(x, N);
   if (kernel == Kernel::kGemv)
-    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/false, on_stream());
+    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/false, on_stream(warm));
   else
     kernels::skinny_gemm_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), N,
-                              M, N, K, /*swiglu=*/false, on_stream());
+                              M, N, K, /*swiglu=*/false, on_stream(warm));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
-torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up) {
+torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& warm) {
   const Kernel kernel = pick(x, gate_up, /*bias=*/false);
   if (kernel == Kernel::kCublas || gate_up.size(0) % 2 != 0) return {};
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = gate_up.size(0), K = gate_up.size(1), M = x.numel() / K;
   auto y = output_like(x, N / 2);
   if (kernel == Kernel::kGemv)
-    kernels::gemv_bf16(gate_up.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/true, on_stream());
+    kernels::gemv_bf16(gate_up.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/true, on_stream(warm));
   else
     kernels::skinny_gemm_bf16(gate_up.data_ptr(), x.data_ptr(), K, nullptr, y.data_ptr(), N / 2, M, N, K,
-                              /*swiglu=*/true, on_stream());
+                              /*swiglu=*/true, on_stream(warm));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -286,14 +308,14 @@ torch::Tensor rope_store_kv(const torch::Tensor&, const torch::Tensor&, const to
   return {};
 }
 torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                        const torch::Tensor&, double, const torch::Tensor&, bool) {
+                        const torch::Tensor&, double, const torch::Tensor&, bool, const torch::Tensor&) {
   return {};
 }
 bool attention_supports(int64_t) { return false; }
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, const torch::Tensor&) {
   return torch::linear(x, w, bias);
 }
-torch::Tensor swiglu_linear(const torch::Tensor&, const torch::Tensor&) { return {}; }
+torch::Tensor swiglu_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
 
 #endif
 

@@ -563,6 +563,14 @@ TEST(Cuda, DecodeKernelsKeepTheLogits) {
                                                << decode_ops::projection_name(projection) << " pdl " << pdl;
           // Most greedy picks agree (a near-tie may not).
           EXPECT_GT(fast.argmax(-1).eq(plain.argmax(-1)).to(torch::kFloat).mean().item<double>(), 0.9) << family;
+          // Warming the next weights in L2 is a hint: the same logits, bit for bit, without it
+          // (the default warm span is larger than these weights: the kernels clamp it to them).
+          const int64_t warm = decode_ops::warm_bytes();
+          ASSERT_GT(warm, 0);
+          decode_ops::set_warm_bytes(0);
+          auto cold = run(true, projection);
+          decode_ops::set_warm_bytes(warm);
+          EXPECT_TRUE(torch::equal(fast, cold)) << family << " batch " << B << " pdl " << pdl;
         }
       }
       decode_ops::set_programmatic_launch(true);

@@ -29,6 +29,13 @@ Projection parse_projection(const std::string& name);
 // Programmatic dependent launch of the kernels (GMSA_DECODE_PDL=0 switches it off).
 bool programmatic_launch();
 void set_programmatic_launch(bool on);
+// How many bytes of a later projection's weights (the `warm` argument below) one of our kernels
+// fetches into L2 after its own loads, so that memory keeps streaming across the dependent,
+// latency-bound kernels between two weight reads. 0 switches it off; at start-up the
+// environment's GMSA_DECODE_WARM_MIB sets it (a whole number of MiB, else an error).
+constexpr int64_t kDefaultWarmBytes = int64_t{8} << 20;
+int64_t warm_bytes();
+void set_warm_bytes(int64_t bytes);
 
 // {h, normed}: h = x + y, normed = RMSNorm(h) with weight w. x, y [rows, H] contiguous.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
@@ -47,16 +54,20 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 // stream of steps; undefined: allocated per call). after_kv_store: the call comes straight after
 // rope_store_kv on the same stream (nothing launched between), so with programmatic launch the
 // kernel reads the cache's older columns while that one still runs.
+// warm (here and in linear, swiglu_linear): a weight whose first warm_bytes() bytes the kernel
+// fetches into L2 when done with its own loads; a hint for a later launch (cuBLAS ignores it).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals = {}, bool after_kv_store = false);
+                        const torch::Tensor& arrivals = {}, bool after_kv_store = false,
+                        const torch::Tensor& warm = {});
 
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);
 
 // x W^T (+ bias) with the kernel projection() picks when x [..., K] holds 1 to 16 contiguous
 // bf16 rows (K % 32 == 0; one row: K % 8 == 0); else torch::linear.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias = {});
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias = {},
+                     const torch::Tensor& warm = {});
 
 // The decoding step's first launch: the rows' embeddings embed[tokens] ([B, H], bf16 embed
 // [V, H]), their RoPE tables for `positions` [B] as rope_tables() makes them (cos, sin [B, dim]
@@ -81,6 +92,6 @@ torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen
 // silu(x G^T) * (x U^T) for a packed gate_up [2I, K] (G over U), as linear() then silu_mul with
 // their roundings, in one kernel; undefined where projection() gives these rows to cuBLAS or no
 // kernel applies.
-torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up);
+torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& warm = {});
 
 }  // namespace gmsa::decode_ops
