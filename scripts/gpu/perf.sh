@@ -27,6 +27,7 @@ if want infer; then
   run infer_b1_gemv_cublas "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --gemv cublas --json "$out/infer_b1_gemv_cublas.json"
   run infer_b1_gemv_tc "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --gemv tc --json "$out/infer_b1_gemv_tc.json"
   run infer_b1_no_pdl "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --no-pdl --json "$out/infer_b1_no_pdl.json"
+  run infer_b1_no_warm "$g" bench infer $nq --batch 1 --rates 4 --repeats 3 --warmup 1 --warm-mib 0 --json "$out/infer_b1_no_warm.json"
   run decode_attention python3 scripts/bench/decode_attention.py
   run decode_gemv python3 scripts/bench/decode_gemv.py
   fi
