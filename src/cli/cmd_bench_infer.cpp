@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "gmsa/eval/bench_infer.h"
+#include "gmsa/model/decode_ops.h"
 #include "gmsa/util/io.h"
 
 namespace {
@@ -67,7 +68,7 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
   sub->add_option("--warm-mib", o.warm_mib,
                   "MiB of the next projection's weights each decoding kernel fetches into L2 when done (0: off); "
                   "default: GMSA_DECODE_WARM_MIB or 8")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, gmsa::decode_ops::kMaxWarmMiB));
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });
 });

@@ -228,7 +228,9 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   decode_ops::set_enabled(opts.decode_kernels);
   if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
   decode_ops::set_programmatic_launch(opts.pdl);
+  // (warm_bytes() reads GMSA_DECODE_WARM_MIB: a bad value fails here, before any timing.)
   if (opts.warm_mib >= 0) decode_ops::set_warm_bytes(opts.warm_mib << 20);
+  else decode_ops::warm_bytes();
   const auto device = parse_device(opts.device);
   const auto dtype = resolve_dtype(opts.dtype, device);
   Decoder decoder{nullptr};

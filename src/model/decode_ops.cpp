@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "gmsa/model/fused_ops.h"
 #include "gmsa/util/error.h"
@@ -49,9 +50,9 @@ int64_t& warm_limit() {
     if (!v) return kDefaultWarmBytes;
     char* end = nullptr;
     const long long mib = std::strtoll(v, &end, 10);
-    if (end == v || *end != '\0' || mib < 0)
-      throw std::invalid_argument(std::string("GMSA_DECODE_WARM_MIB: expected a whole number of MiB >= 0, got '") + v +
-                                  "'");
+    if (end == v || *end != '\0' || mib < 0 || mib > kMaxWarmMiB)
+      throw std::invalid_argument(std::string("GMSA_DECODE_WARM_MIB: expected a whole number of MiB in [0, ") +
+                                  std::to_string(kMaxWarmMiB) + "], got '" + v + "'");
     return static_cast<int64_t>(mib) << 20;
   }();
   return bytes;
@@ -96,7 +97,7 @@ bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
 
 kernels::Launch on_stream(const torch::Tensor& warm = {}) {
   kernels::Launch on{c10::cuda::getCurrentCUDAStream(), programmatic_launch()};
-  if (warm.defined() && warm.is_cuda()) on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
+  if (warm.defined() && warm.is_cuda() && warm.is_contiguous()) on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
   return on;
 }
 

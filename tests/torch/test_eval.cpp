@@ -12,6 +12,7 @@
 #include "gmsa/data/qa.h"
 #include "gmsa/eval/bench_infer.h"
 #include "gmsa/eval/evaluate.h"
+#include "gmsa/model/decode_ops.h"
 #include "gmsa/model/generation.h"
 #include "gmsa/model/pretrained.h"
 #include "gmsa/text/spm_backend.h"
@@ -397,7 +398,11 @@ TEST(BenchInfer, TinyRandomModelForcesNewTokens) {
   o.rates = {4};
   o.repeats = 2;
   o.device = "cpu";
+  o.warm_mib = 3;  // recorded in the setup (the CPU path has no kernels to warm with it)
+  const int64_t warm_before = decode_ops::warm_bytes();
   const auto rep = run_bench_infer(o);
+  EXPECT_EQ(decode_ops::warm_bytes(), int64_t{3} << 20);
+  decode_ops::set_warm_bytes(warm_before);
   ASSERT_EQ(rep.cases.size(), 2u);
   EXPECT_EQ(rep.cases[0].name, "original");
   EXPECT_EQ(rep.cases[1].name, "gmsa@4x");
@@ -418,6 +423,7 @@ TEST(BenchInfer, TinyRandomModelForcesNewTokens) {
   EXPECT_GT(rep.cases[1].median.compress_ms, 0);
   const auto j = rep.to_json();
   EXPECT_EQ(j["setup"]["device"], "cpu");
+  EXPECT_EQ(j["setup"]["warm_bytes"], int64_t{3} << 20);
   EXPECT_EQ(j["setup"]["model_config"]["num_hidden_layers"], 8);
   EXPECT_EQ(j["cases"][1]["samples"].size(), 2u);
   EXPECT_NE(rep.table().find("| gmsa@4x | 28 |"), std::string::npos) << rep.table();

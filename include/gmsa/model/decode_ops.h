@@ -34,6 +34,7 @@ void set_programmatic_launch(bool on);
 // latency-bound kernels between two weight reads. 0 switches it off; at start-up the
 // environment's GMSA_DECODE_WARM_MIB sets it (a whole number of MiB, else an error).
 constexpr int64_t kDefaultWarmBytes = int64_t{8} << 20;
+constexpr int64_t kMaxWarmMiB = int64_t{1} << 20;
 int64_t warm_bytes();
 void set_warm_bytes(int64_t bytes);
 
@@ -54,8 +55,9 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 // stream of steps; undefined: allocated per call). after_kv_store: the call comes straight after
 // rope_store_kv on the same stream (nothing launched between), so with programmatic launch the
 // kernel reads the cache's older columns while that one still runs.
-// warm (here and in linear, swiglu_linear): a weight whose first warm_bytes() bytes the kernel
-// fetches into L2 when done with its own loads; a hint for a later launch (cuBLAS ignores it).
+// warm (here and in linear, swiglu_linear): a contiguous weight whose first warm_bytes() bytes
+// the kernel fetches into L2 when done with its own loads; a hint for a later launch (cuBLAS
+// ignores it).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
                         const torch::Tensor& arrivals = {}, bool after_kv_store = false,
