@@ -97,7 +97,8 @@ bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
 
 kernels::Launch on_stream(const torch::Tensor& warm = {}) {
   kernels::Launch on{c10::cuda::getCurrentCUDAStream(), programmatic_launch()};
-  if (warm.defined() && warm.is_cuda() && warm.is_contiguous()) on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
+  if (warm.defined() && warm.is_cuda() && warm.is_contiguous())
+    on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
   return on;
 }
 

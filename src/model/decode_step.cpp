@@ -123,14 +123,16 @@ torch::Tensor DecodeStep::forward_kernels() {
   // o_proj's, o_proj gate/up's, gate/up down's, down the next layer's q/k/v (the last one the
   // LM head's) and the LM head layer 0's, for the next step. The q/k/v projection warms
   // nothing: attention, which streams the cache, comes between it and o_proj.
+  const auto first_qkv = body->layer(0)->self_attn->packed_qkv();
+  auto qkv_w = first_qkv;
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
     auto& mlp = layer->mlp;
     if (i > 0) add_norm(layer->input_layernorm);
-    auto qkv_w = attn->packed_qkv();
     auto gu_w = mlp->packed_gate_up();
-    const torch::Tensor next_w = i + 1 < mc.num_hidden_layers ? body->layer(i + 1)->self_attn->packed_qkv().weight : head;
+    const auto next_qkv =
+        i + 1 < mc.num_hidden_layers ? body->layer(i + 1)->self_attn->packed_qkv() : PackedProjections{};
     auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
@@ -138,17 +140,18 @@ torch::Tensor DecodeStep::forward_kernels() {
                                            /*after_kv_store=*/true, attn->o_proj->weight), "attention");
     delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias, gu_w.weight);
     add_norm(layer->post_attention_layernorm);
-    auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight, mlp->down_proj->weight);
+    const auto& down = mlp->down_proj;
+    auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight, down->weight);
     if (!h.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
       auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
       const int64_t I = gu.size(-1) / 2;
       h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
     }
-    delta = decode_ops::linear(h, mlp->down_proj->weight, mlp->down_proj->bias, next_w);
+    delta = decode_ops::linear(h, down->weight, down->bias, next_qkv.defined() ? next_qkv.weight : head);
+    qkv_w = next_qkv;
   }
   add_norm(body->norm);
-  auto first_qkv = body->layer(0)->self_attn->packed_qkv().weight;
-  auto logits = decode_ops::linear(normed, head, {}, first_qkv).to(torch::kFloat);
+  auto logits = decode_ops::linear(normed, head, {}, first_qkv.weight).to(torch::kFloat);
   if (!decode_ops::step_end(positions_, slot_)) {
     positions_.add_(1);
     slot_.add_(1);
