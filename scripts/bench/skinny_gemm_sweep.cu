@@ -126,10 +126,10 @@ struct Variant {
   bool one_row_only;
 };
 
-template <int NT, int RT, int W, int U, int P, bool C>
+template <int NT, int RT, int W, int U, int P, bool C, int S = 1>
 Variant tc(const std::string& name) {
   return {name, [](const bf16* w, const bf16* x, bf16* y, int64_t ldy, int64_t m, int64_t n, int64_t k, bool sw,
-                   const Launch& on) { launch_skinny<NT, RT, W, U, P, C>(w, x, k, nullptr, y, ldy, m, n, k, sw, on); },
+                   const Launch& on) { launch_skinny<NT, RT, W, U, P, C, S>(w, x, k, nullptr, y, ldy, m, n, k, sw, on); },
           false};
 }
 
@@ -151,7 +151,14 @@ std::vector<Variant> variants(int64_t m) {
           tc<2, 2, 8, 2, 2, false>("tc r2 w8 u2 l2-256"),     tc<2, 2, 4, 2, 2, false>("tc r2 w4 u2 l2-256"),
           tc<2, 2, 8, 1, 2, false>("tc r2 w8 u1 l2-256"),     tc<2, 4, 4, 1, 2, false>("tc r4 w4 u1 l2-256"),
           tc<2, 4, 8, 1, 2, false>("tc r4 w8 u1 l2-256"),     tc<2, 1, 8, 2, 2, true>("tc r1 w8 u2 l2-256 contig"),
-          tc<2, 2, 8, 2, 2, true>("tc r2 w8 u2 l2-256 contig"), tc<2, 2, 8, 2, 1, true>("tc r2 w8 u2 noalloc contig")};
+          tc<2, 2, 8, 2, 2, true>("tc r2 w8 u2 l2-256 contig"), tc<2, 2, 8, 2, 1, true>("tc r2 w8 u2 noalloc contig"),
+          // K split over a cluster of S blocks
+          tc<2, 2, 8, 2, 2, false, 2>("tc r2 w8 u2 l2-256 split2"), tc<2, 2, 8, 2, 2, false, 4>("tc r2 w8 u2 l2-256 split4"),
+          tc<2, 2, 4, 2, 2, false, 4>("tc r2 w4 u2 l2-256 split4"), tc<2, 4, 4, 2, 2, false, 2>("tc r4 w4 u2 l2-256 split2"),
+          tc<2, 4, 4, 2, 2, false, 4>("tc r4 w4 u2 l2-256 split4"), tc<2, 4, 8, 1, 2, false, 2>("tc r4 w8 u1 l2-256 split2"),
+          tc<2, 4, 8, 1, 2, false, 4>("tc r4 w8 u1 l2-256 split4"), tc<2, 4, 4, 1, 2, false, 8>("tc r4 w4 u1 l2-256 split8"),
+          tc<2, 4, 8, 2, 2, true, 4>("tc r4 w8 u2 l2-256 contig split4"), tc<2, 8, 4, 1, 2, false, 4>("tc r8 w4 u1 l2-256 split4"),
+          tc<2, 4, 8, 1, 1, false, 4>("tc r4 w8 u1 noalloc split4"), tc<2, 2, 8, 1, 2, false, 8>("tc r2 w8 u1 l2-256 split8")};
 }
 
 const Shape kShapes[] = {{"qkv", 12288, 4096, false},
@@ -225,22 +232,41 @@ void step_sequence(const bf16* x, bf16* y) {
                                 {s, pdl});
              }, launches, 5));
     // decode_ops' auto choice: one row through the GEMV; more, tall matrices (kSkinnyTallRows)
-    // through the skinny GEMM and the rest through cuBLAS.
+    // and, at 9-16 rows, short ones (kSkinnyShortRows) through the skinny GEMM, the rest
+    // through cuBLAS.
     report("library auto, PDL", time_graph([&](int i, cudaStream_t s) {
              const Shape& sh = order[i];
              const int64_t ldy = sh.swiglu ? sh.n / 2 : sh.n;
              if (m == 1)
                gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
-             else if (sh.n >= kSkinnyTallRows)
+             else if (sh.n >= kSkinnyTallRows || (m > 8 && sh.n <= kSkinnyShortRows))
                skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
              else
                cublas_gemm(w[i], x, y, m, sh.n, sh.k, s);
            }, launches, 5));
-    for (const auto& v : variants(m))
+    report("library tall only (before kSkinnyShortRows), PDL", time_graph([&](int i, cudaStream_t s) {
+             const Shape& sh = order[i];
+             if (m == 1) return gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
+             if (sh.n >= kSkinnyTallRows)
+               return skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k,
+                                       sh.swiglu, {s, true});
+             cublas_gemm(w[i], x, y, m, sh.n, sh.k, s);
+           }, launches, 5));
+    for (const auto& v : variants(m)) {
       report(v.name + ", PDL", time_graph([&](int i, cudaStream_t s) {
                const Shape& sh = order[i];
                v.fn(w[i], x, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k, sh.swiglu, {s, true});
              }, launches, 5));
+      if (m > 1)  // the library's kernel for tall matrices, this one for the others
+        report("library tall + " + v.name + ", PDL", time_graph([&](int i, cudaStream_t s) {
+                 const Shape& sh = order[i];
+                 const int64_t ldy = sh.swiglu ? sh.n / 2 : sh.n;
+                 if (sh.n >= kSkinnyTallRows)
+                   skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
+                 else
+                   v.fn(w[i], x, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
+               }, launches, 5));
+    }
   }
   for (auto* p : w) CHECK(cudaFree(p));
 }

@@ -489,18 +489,32 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
 // Launches with the programmatic-stream-serialization attribute when on.pdl: the kernel may
 // start while the previous one drains; each kernel here waits (griddepcontrol.wait) before it
 // touches anything the previous one writes.
+// cluster > 1: blocks [c * cluster, (c + 1) * cluster) of a 1-D grid form cluster c.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
+void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster, const Launch& on,
+                      Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.stream = on.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (on.pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n++].val.clusterDim = {cluster, 1, 1};
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = on.pdl ? 1 : 0;
+  cfg.numAttrs = n;
   cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
+  launch_clustered(kernel, grid, block, 1, on, args...);
 }
 
 unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
@@ -518,18 +532,18 @@ void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bo
            on.warm.p, on.warm.bytes);
 }
 
-template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
+template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false, int kSplit = 1>
 void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
                    int64_t n, int64_t k, bool swiglu, const Launch& on) {
   const int mm = static_cast<int>(m);
   if (swiglu)
-    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU>,
-           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
-           on.warm.bytes);
+    launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU, kSplit>,
+                     grid1((n / 2 + 8 * RT - 1) / (8 * RT) * kSplit), kWarps * 32, kSplit, on, w, x, ldx, bias, y,
+                     ldy, n, k, mm, on.warm.p, on.warm.bytes);
   else
-    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain>,
-           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
-           on.warm.bytes);
+    launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain, kSplit>,
+                     grid1((n + 16 * RT - 1) / (16 * RT) * kSplit), kWarps * 32, kSplit, on, w, x, ldx, bias, y,
+                     ldy, n, k, mm, on.warm.p, on.warm.bytes);
 }
 
 }  // namespace
@@ -663,12 +677,15 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
   const auto* bp = static_cast<const bf16*>(bias);
   auto* yp = static_cast<bf16*>(y);
   // From scripts/bench/skinny_gemm_sweep.cu (H100): up to 8 rows, one 8-column MMA tile; 16
-  // rows, two tiles; tall matrices 32 weight rows per warp, others 16 with 16 warps (more
-  // blocks to spread over the multiprocessors); weight loads that prefetch 256 B into L2.
+  // rows, two tiles; tall matrices 32 weight rows per warp; long rows (down) K split over a
+  // cluster of 8 blocks of 64 weight rows; others 16 rows per block with 16 warps (more blocks
+  // to spread over the multiprocessors); weight loads that prefetch 256 B into L2.
   if (m <= 8)
     launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   else if (n >= kSkinnyTallRows)
     launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  else if (k >= 8192)
+    launch_skinny<2, 4, 4, 1, 2, false, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   else
     launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
 }

@@ -91,6 +91,9 @@ constexpr int64_t kSkinnyMaxRows = 16;
 // skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not
 // (scripts/bench/skinny_gemm_sweep.cu). It also picks the kernel's tile configuration.
 constexpr int64_t kSkinnyTallRows = 16384;
+// At 9-16 rows cuBLAS splits K for weights with at most this many rows (o_proj, down) and adds
+// a reduce kernel; the skinny GEMM, K split over a thread-block cluster for long rows, does not.
+constexpr int64_t kSkinnyShortRows = 4096;
 bool skinny_gemm_supports(int64_t m, int64_t k);
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
                       int64_t n, int64_t k, bool swiglu, const Launch& on);

@@ -393,6 +393,18 @@ TEST(Cuda, SkinnyGemmMatchesFp32) {
     auto plain = fused::silu_mul(both.narrow(-1, 0, inter), both.narrow(-1, inter, inter));
     EXPECT_TRUE(torch::equal(h, plain)) << "swiglu " << m;
   }
+  // 9-16 rows and long rows (K >= 8192): K split over a cluster of 8 blocks, whose partial sums
+  // meet in distributed shared memory; 257 slabs leave the last block fewer than the others.
+  for (int64_t m : {9, 16}) {
+    const int64_t n = 1003, k = 8224;
+    auto w = torch::randn({n, k}, bf) * 0.02, x = torch::randn({m, k}, bf), b = torch::randn({n}, bf);
+    auto ref = torch::matmul(x.to(torch::kFloat), w.to(torch::kFloat).t());
+    auto y = decode_ops::linear(x, w);
+    EXPECT_LT(rel_l2(y, ref), 1e-2) << "split K " << m;
+    EXPECT_LT(rel_l2(decode_ops::linear(x, w, b), ref + b.to(torch::kFloat)), 1e-2) << "split K, bias " << m;
+    EXPECT_TRUE(torch::equal(decode_ops::linear(x.narrow(0, 0, 9), w), y.narrow(0, 0, 9))) << "split K " << m;
+    EXPECT_TRUE(torch::equal(decode_ops::linear(x, w), y)) << "split K is deterministic " << m;
+  }
   // Not served (falls back to torch::linear): K not a multiple of 32, more than 16 rows.
   auto w = torch::randn({64, 100}, bf), x = torch::randn({2, 100}, bf);
   EXPECT_FALSE(decode_ops::swiglu_linear(x, w).defined());
@@ -400,7 +412,8 @@ TEST(Cuda, SkinnyGemmMatchesFp32) {
   auto x17 = torch::randn({17, 4096}, bf), w17 = torch::randn({32, 4096}, bf);
   EXPECT_FALSE(decode_ops::swiglu_linear(x17, w17).defined());
   // auto: the one-row GEMV's SwiGLU epilogue against linear + silu_mul; at 16 rows the skinny
-  // GEMM serves tall gate/up matrices (2I >= 16384) and leaves shorter ones to cuBLAS.
+  // GEMM serves tall gate/up matrices (2I >= 16384) and short ones (2I <= 4096), and leaves
+  // those between to cuBLAS.
   decode_ops::set_projection(decode_ops::Projection::kAuto);
   for (int64_t inter : {1376, 5000}) {
     auto gu = torch::randn({2 * inter, 4096}, bf) * 0.02, x1 = torch::randn({1, 4096}, bf);
@@ -410,13 +423,30 @@ TEST(Cuda, SkinnyGemmMatchesFp32) {
         << inter;
   }
   auto x16 = torch::randn({16, 512}, bf);
-  EXPECT_FALSE(decode_ops::swiglu_linear(x16, torch::randn({2 * 1376, 512}, bf)).defined());
+  EXPECT_FALSE(decode_ops::swiglu_linear(x16, torch::randn({2 * 3000, 512}, bf)).defined());
+  EXPECT_TRUE(decode_ops::swiglu_linear(x16, torch::randn({2 * 1376, 512}, bf)).defined());
   auto tall = torch::randn({2 * 8200, 512}, bf) * 0.05;
   auto h16 = decode_ops::swiglu_linear(x16, tall);
   ASSERT_TRUE(h16.defined());
   auto both16 = decode_ops::linear(x16, tall);
   EXPECT_LT(rel_l2(both16, torch::matmul(x16.to(torch::kFloat), tall.to(torch::kFloat).t())), 1e-2);
   EXPECT_TRUE(torch::equal(h16, fused::silu_mul(both16.narrow(-1, 0, 8200), both16.narrow(-1, 8200, 8200))));
+  // auto at 9-16 rows: short weights (N <= 4096) go to the skinny GEMM too (the same bits as
+  // kTensorCores), others (q/k/v's 12288) to cuBLAS; at 2-8 rows short ones stay with cuBLAS.
+  for (int64_t k : {1024, 8192}) {
+    auto w_short = torch::randn({4096, k}, bf) * 0.02, x_short = torch::randn({16, k}, bf);
+    auto y_auto = decode_ops::linear(x_short, w_short);
+    decode_ops::set_projection(decode_ops::Projection::kTensorCores);
+    EXPECT_TRUE(torch::equal(decode_ops::linear(x_short, w_short), y_auto)) << k;
+    decode_ops::set_projection(decode_ops::Projection::kAuto);
+    EXPECT_LT(rel_l2(y_auto, torch::matmul(x_short.to(torch::kFloat), w_short.to(torch::kFloat).t())), 1e-2) << k;
+  }
+  {
+    auto w_qkv = torch::randn({12288, 512}, bf) * 0.02, x_qkv = torch::randn({16, 512}, bf);
+    EXPECT_TRUE(torch::equal(decode_ops::linear(x_qkv, w_qkv), torch::linear(x_qkv, w_qkv)));
+    auto w_short = torch::randn({4096, 512}, bf) * 0.02, x4 = torch::randn({4, 512}, bf);
+    EXPECT_TRUE(torch::equal(decode_ops::linear(x4, w_short), torch::linear(x4, w_short)));
+  }
   // Names round-trip; an unknown one is an error naming it.
   for (auto p : {decode_ops::Projection::kAuto, decode_ops::Projection::kCublas, decode_ops::Projection::kTensorCores})
     EXPECT_EQ(decode_ops::parse_projection(decode_ops::projection_name(p)), p);

@@ -17,8 +17,10 @@ void set_enabled(bool on);
 // Which kernel multiplies the step's 1 to 16 rows by a weight matrix (linear, swiglu_linear).
 // kAuto, the default, takes the faster of each pair in scripts/bench/skinny_gemm_sweep.cu on an
 // H100 (docs/performance.md): one row through the CUDA-core GEMV; 2 to 16 rows through the
-// tensor-core skinny GEMM for tall matrices (N >= 16384: gate/up with its SwiGLU, the LM head)
-// and through cuBLAS otherwise. kCublas: cuBLAS for all; kTensorCores: the skinny GEMM for all.
+// tensor-core skinny GEMM for tall matrices (N >= 16384: gate/up with its SwiGLU, the LM head),
+// at 9 to 16 rows also for short ones (N <= 4096: o_proj, down; measured in the decoding step,
+// where cuBLAS adds a split-K reduce kernel), and through cuBLAS otherwise (q/k/v). kCublas:
+// cuBLAS for all; kTensorCores: the skinny GEMM for all.
 // At start-up GMSA_DECODE_GEMV=auto|cublas|tc picks it (any other value is an error).
 enum class Projection { kAuto, kCublas, kTensorCores };
 Projection projection();
