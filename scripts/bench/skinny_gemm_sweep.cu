@@ -231,41 +231,39 @@ void step_sequence(const bf16* x, bf16* y) {
                skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k, sh.swiglu,
                                 {s, pdl});
              }, launches, 5));
-    // decode_ops' auto choice: one row through the GEMV; more, tall matrices (kSkinnyTallRows)
-    // and, at 9-16 rows, short ones (kSkinnyShortRows) through the skinny GEMM, the rest
-    // through cuBLAS.
-    report("library auto, PDL", time_graph([&](int i, cudaStream_t s) {
-             const Shape& sh = order[i];
-             const int64_t ldy = sh.swiglu ? sh.n / 2 : sh.n;
-             if (m == 1)
-               gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
-             else if (sh.n >= kSkinnyTallRows || (m > 8 && sh.n <= kSkinnyShortRows))
-               skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
-             else
-               cublas_gemm(w[i], x, y, m, sh.n, sh.k, s);
-           }, launches, 5));
-    report("library tall only (before kSkinnyShortRows), PDL", time_graph([&](int i, cudaStream_t s) {
-             const Shape& sh = order[i];
-             if (m == 1) return gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
-             if (sh.n >= kSkinnyTallRows)
-               return skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k,
-                                       sh.swiglu, {s, true});
-             cublas_gemm(w[i], x, y, m, sh.n, sh.k, s);
-           }, launches, 5));
+    // One row through the GEMV; more: tall matrices (kSkinnyTallRows) through the skinny GEMM
+    // and the others through `rest`.
+    auto ldy_of = [](const Shape& sh) { return sh.swiglu ? sh.n / 2 : sh.n; };
+    auto skinny = [&](int i, cudaStream_t s) {
+      const Shape& sh = order[i];
+      skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
+    };
+    auto cublas = [&](int i, cudaStream_t s) { cublas_gemm(w[i], x, y, m, order[i].n, order[i].k, s); };
+    auto tall_plus = [&](const std::string& name, const std::function<void(int, cudaStream_t)>& rest) {
+      report(name + ", PDL", time_graph([&](int i, cudaStream_t s) {
+               const Shape& sh = order[i];
+               if (m == 1) return gemv_bf16(w[i], x, y, sh.n, sh.k, sh.swiglu, {s, true});
+               if (sh.n >= kSkinnyTallRows) return skinny(i, s);
+               rest(i, s);
+             }, launches, 5));
+    };
+    // decode_ops' auto choice: at 9-16 rows short weights (kSkinnyShortRows) through the skinny
+    // GEMM too, the rest through cuBLAS.
+    tall_plus("library auto", [&](int i, cudaStream_t s) {
+      if (m > 8 && order[i].n <= kSkinnyShortRows) return skinny(i, s);
+      cublas(i, s);
+    });
+    tall_plus("library tall only (before kSkinnyShortRows)", cublas);
     for (const auto& v : variants(m)) {
       report(v.name + ", PDL", time_graph([&](int i, cudaStream_t s) {
                const Shape& sh = order[i];
-               v.fn(w[i], x, y, sh.swiglu ? sh.n / 2 : sh.n, m, sh.n, sh.k, sh.swiglu, {s, true});
+               v.fn(w[i], x, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
              }, launches, 5));
       if (m > 1)  // the library's kernel for tall matrices, this one for the others
-        report("library tall + " + v.name + ", PDL", time_graph([&](int i, cudaStream_t s) {
-                 const Shape& sh = order[i];
-                 const int64_t ldy = sh.swiglu ? sh.n / 2 : sh.n;
-                 if (sh.n >= kSkinnyTallRows)
-                   skinny_gemm_bf16(w[i], x, sh.k, nullptr, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
-                 else
-                   v.fn(w[i], x, y, ldy, m, sh.n, sh.k, sh.swiglu, {s, true});
-               }, launches, 5));
+        tall_plus("library tall + " + v.name, [&](int i, cudaStream_t s) {
+          const Shape& sh = order[i];
+          v.fn(w[i], x, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
+        });
     }
   }
   for (auto* p : w) CHECK(cudaFree(p));

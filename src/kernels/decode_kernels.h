@@ -88,11 +88,12 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
 // swiglu). K % 32 == 0, W, x and their row strides 16-byte aligned.
 constexpr int64_t kSkinnyMaxRows = 16;
 // Weights with at least this many rows ("tall": gate/up, the LM head of the 7B shape) give the
-// skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not
+// skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not, alone
 // (scripts/bench/skinny_gemm_sweep.cu). It also picks the kernel's tile configuration.
 constexpr int64_t kSkinnyTallRows = 16384;
 // At 9-16 rows cuBLAS splits K for weights with at most this many rows (o_proj, down) and adds
-// a reduce kernel; the skinny GEMM, K split over a thread-block cluster for long rows, does not.
+// a reduce kernel; the skinny GEMM, K split over a thread-block cluster for long rows, does not,
+// and in the decoding step its PDL and L2 warming make up for its slower GEMM alone.
 constexpr int64_t kSkinnyShortRows = 4096;
 bool skinny_gemm_supports(int64_t m, int64_t k);
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,

@@ -13,10 +13,9 @@
 //
 // K split over a thread-block cluster (kSplit > 1, sm_90): the kSplit blocks of a cluster
 // share one output tile and each streams 1/kSplit of K; their warp-reduced partial tiles are
-// summed through distributed shared memory. This keeps enough blocks in flight for short
-// matrices (4,096 outputs) while each block owns more output rows, so that x, which every
-// block re-reads from L2, costs less traffic than the weights; and it needs no second kernel
-// (cuBLAS's split-K reduce) and no global workspace.
+// summed through distributed shared memory. Each block can then own more output rows and still
+// leave enough blocks in flight for 4,096-output matrices with long rows (down), with no second
+// kernel (cuBLAS's split-K reduce) and no global workspace.
 //
 // Programmatic dependent launch (sm_90): the weights do not depend on the previous kernel, so
 // the first slabs are loaded before griddepcontrol.wait and their fetch overlaps the previous
@@ -78,8 +77,9 @@ __device__ __forceinline__ void skinny_slab(float (&c)[NT][4], const uint4& wa, 
 }
 
 // Grid: kSplit blocks (one cluster) per 16 RT output features (SwiGLU: per 8 RT outputs; each
-// 16-row tile holds 8 gate rows and their 8 up rows). w [N, K] row-major, x [M, K] with row stride ldx, y [M, ldy];
-// K % 32 == 0, 16-byte aligned rows; M <= 8 NT. bias [N] or null (plain mode only).
+// 16-row tile holds 8 gate rows and their 8 up rows). w [N, K] row-major, x [M, K] with row
+// stride ldx, y [M, ldy]; K % 32 == 0, 16-byte aligned rows; M <= 8 NT. bias [N] or null (plain
+// mode only).
 // NT: 8-row tiles of x; RT: 16-row weight tiles per warp (each x fragment load serves RT of
 // them); kWarps split K (contiguous ranges when kContig, else slab s to warp s % kWarps);
 // kUnroll slabs per step, all loads of a step issued before its first mma.
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     int64_t row_a, row_b;
     if constexpr (kSwiGLU) {
       row_a = (tile * RT + r) * 8 + g;  // gate
-      row_b = inter + row_a;                                         // up
+      row_b = inter + row_a;             // up
       if (row_a >= inter) row_a = row_b = n;
     } else {
       row_a = (tile * RT + r) * 16 + g;
