@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../../src/kernels/decode_kernels.cu"
+#include "../../src/kernels/skinny_gemm_tma.cuh"
 
 using namespace gmsa::kernels;
 
@@ -133,6 +134,17 @@ Variant tc(const std::string& name) {
           false};
 }
 
+// The TMA-fed skinny GEMM (skinny_gemm_tma.cuh) on its persistent grid.
+template <int MT, int BK, int S>
+Variant tma(const std::string& name) {
+  return {name, [](const bf16* w, const bf16* x, bf16* y, int64_t ldy, int64_t m, int64_t n, int64_t k, bool sw,
+                   const Launch& on) {
+            if (!launch_skinny_tma<MT, BK, S>(w, x, k, nullptr, y, ldy, m, n, k, sw, on))
+              std::fprintf(stderr, "%s: no tensor map or no room\n", __PRETTY_FUNCTION__), std::exit(1);
+          },
+          false};
+}
+
 template <int R, int U, int P>
 Variant simt(const std::string& name) {
   return {name, [](const bf16* w, const bf16* x, bf16* y, int64_t, int64_t, int64_t n, int64_t k, bool sw,
@@ -140,7 +152,10 @@ Variant simt(const std::string& name) {
           true};
 }
 
-std::vector<Variant> variants(int64_t m) {
+// Variant names containing this string, or all when empty (--only).
+std::string only;
+
+std::vector<Variant> all_variants(int64_t m) {
   if (m == 1)
     return {simt<4, 2, 0>("simt r4 u2 cs"), simt<4, 2, 2>("simt r4 u2 l2-256"), simt<2, 4, 0>("simt r2 u4 cs"),
             simt<1, 8, 0>("simt r1 u8 cs"), simt<1, 8, 2>("simt r1 u8 l2-256"), simt<1, 16, 0>("simt r1 u16 cs"),
@@ -158,7 +173,18 @@ std::vector<Variant> variants(int64_t m) {
           tc<2, 4, 4, 2, 2, false, 4>("tc r4 w4 u2 l2-256 split4"), tc<2, 4, 8, 1, 2, false, 2>("tc r4 w8 u1 l2-256 split2"),
           tc<2, 4, 8, 1, 2, false, 4>("tc r4 w8 u1 l2-256 split4"), tc<2, 4, 4, 1, 2, false, 8>("tc r4 w4 u1 l2-256 split8"),
           tc<2, 4, 8, 2, 2, true, 4>("tc r4 w8 u2 l2-256 contig split4"), tc<2, 8, 4, 1, 2, false, 4>("tc r8 w4 u1 l2-256 split4"),
-          tc<2, 4, 8, 1, 1, false, 4>("tc r4 w8 u1 noalloc split4"), tc<2, 2, 8, 1, 2, false, 8>("tc r2 w8 u1 l2-256 split8")};
+          tc<2, 4, 8, 1, 1, false, 4>("tc r4 w8 u1 noalloc split4"), tc<2, 2, 8, 1, 2, false, 8>("tc r2 w8 u1 l2-256 split8"),
+          tma<1, 256, 8>("tma m1 k256 s8"), tma<2, 256, 6>("tma m2 k256 s6"), tma<4, 256, 4>("tma m4 k256 s4"),
+          tma<2, 128, 8>("tma m2 k128 s8"), tma<4, 128, 8>("tma m4 k128 s8"), tma<1, 128, 12>("tma m1 k128 s12"),
+          tma<2, 256, 3>("tma m2 k256 s3"), tma<4, 256, 2>("tma m4 k256 s2"), tma<8, 128, 4>("tma m8 k128 s4"),
+          tma<2, 128, 4>("tma m2 k128 s4"), tma<1, 64, 16>("tma m1 k64 s16")};
+}
+
+std::vector<Variant> variants(int64_t m) {
+  std::vector<Variant> v;
+  for (auto& x : all_variants(m))
+    if (x.name.find(only) != std::string::npos) v.push_back(x);
+  return v;
 }
 
 const Shape kShapes[] = {{"qkv", 12288, 4096, false},
@@ -190,7 +216,13 @@ void sweep_shape(const Shape& sh, const bf16* x, bf16* y, bf16* y_ref) {
       cublas_gemm(w[0], x, y_ref, m, sh.n, sh.k, 0);
       v.fn(w[0], x, y, sh.n, m, sh.n, sh.k, false, Launch{0, false});
       CHECK(cudaDeviceSynchronize());
-      const double err = max_rel_diff(y, y_ref, m * sh.n);
+      double err = max_rel_diff(y, y_ref, m * sh.n);
+      if (sh.swiglu) {  // and the SwiGLU epilogue against the library's (tested against fp32)
+        skinny_gemm_bf16(w[0], x, sh.k, nullptr, y_ref, sh.n / 2, m, sh.n, sh.k, true, Launch{0, false});
+        v.fn(w[0], x, y, sh.n / 2, m, sh.n, sh.k, true, Launch{0, false});
+        CHECK(cudaDeviceSynchronize());
+        err = std::max(err, max_rel_diff(y, y_ref, m * sh.n / 2));
+      }
       const double t = time_graph(
           [&](int i, cudaStream_t s) { v.fn(w[i % copies], x, y, sh.n, m, sh.n, sh.k, sh.swiglu, {s, false}); },
           launches);
@@ -247,13 +279,13 @@ void step_sequence(const bf16* x, bf16* y) {
                rest(i, s);
              }, launches, 5));
     };
-    // decode_ops' auto choice: at 9-16 rows short weights (kSkinnyShortRows) through the skinny
-    // GEMM too, the rest through cuBLAS.
+    // decode_ops' auto choice: at 9-16 rows every weight through the skinny GEMM (TMA-fed on
+    // sm_90), else short weights (kSkinnyShortRows) only; the rest through cuBLAS.
     tall_plus("library auto", [&](int i, cudaStream_t s) {
-      if (m > 8 && order[i].n <= kSkinnyShortRows) return skinny(i, s);
+      if (m > 8 && (order[i].n <= kSkinnyShortRows || skinny_tma_supported())) return skinny(i, s);
       cublas(i, s);
     });
-    tall_plus("library tall only (before kSkinnyShortRows)", cublas);
+    tall_plus("library tall only", cublas);
     for (const auto& v : variants(m)) {
       report(v.name + ", PDL", time_graph([&](int i, cudaStream_t s) {
                const Shape& sh = order[i];
@@ -273,7 +305,13 @@ void step_sequence(const bf16* x, bf16* y) {
 
 int main(int argc, char** argv) {
   using namespace sweep;
-  const bool only_step = argc > 1 && std::string(argv[1]) == "--step";
+  bool only_step = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--step") only_step = true;
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else std::fprintf(stderr, "usage: %s [--step] [--only SUBSTRING]\n", argv[0]), std::exit(2);
+  }
   CHECK(cublasCreate(&blas));
   const int64_t kmax = 11008, nmax = 32000;
   bf16* x = random_bf16(16 * kmax, 3, 1.0f);

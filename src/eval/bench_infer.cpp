@@ -285,6 +285,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"fused_kernels", fused::enabled()},
       {"decode_kernels", decode_ops::enabled()},
       {"gemv", decode_ops::projection_name(decode_ops::projection())},
+      {"tma_projection", decode_ops::tma_projection()},
       {"programmatic_launch", decode_ops::programmatic_launch()},
       {"warm_bytes", decode_ops::warm_bytes()},
       {"merge_lora", opts.merge_lora},

@@ -8,6 +8,7 @@
 #include "common.cuh"
 #include "decode_kernels.h"
 #include "skinny_gemm.cuh"
+#include "skinny_gemm_tma.cuh"
 
 namespace gmsa::kernels {
 namespace {
@@ -490,12 +491,14 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
 // start while the previous one drains; each kernel here waits (griddepcontrol.wait) before it
 // touches anything the previous one writes.
 // cluster > 1: blocks [c * cluster, (c + 1) * cluster) of a 1-D grid form cluster c.
+// smem: dynamic shared memory bytes.
 template <typename... Params, typename... Args>
-void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster, const Launch& on,
-                      Args... args) {
+void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster, unsigned smem,
+                      const Launch& on, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = on.stream;
   cudaLaunchAttribute attr[2];
   unsigned n = 0;
@@ -514,7 +517,7 @@ void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned
 
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
-  launch_clustered(kernel, grid, block, 1, on, args...);
+  launch_clustered(kernel, grid, block, 1, 0, on, args...);
 }
 
 unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
@@ -538,12 +541,48 @@ void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, 
   const int mm = static_cast<int>(m);
   if (swiglu)
     launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU, kSplit>,
-                     grid1((n / 2 + 8 * RT - 1) / (8 * RT) * kSplit), kWarps * 32, kSplit, on, w, x, ldx, bias, y,
+                     grid1((n / 2 + 8 * RT - 1) / (8 * RT) * kSplit), kWarps * 32, kSplit, 0, on, w, x, ldx, bias, y,
                      ldy, n, k, mm, on.warm.p, on.warm.bytes);
   else
     launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain, kSplit>,
-                     grid1((n + 16 * RT - 1) / (16 * RT) * kSplit), kWarps * 32, kSplit, on, w, x, ldx, bias, y,
+                     grid1((n + 16 * RT - 1) / (16 * RT) * kSplit), kWarps * 32, kSplit, 0, on, w, x, ldx, bias, y,
                      ldy, n, k, mm, on.warm.p, on.warm.bytes);
+}
+
+// The TMA-fed kernel (skinny_gemm_tma.cuh) on a persistent grid: as many blocks as fit at once,
+// at most one per tile. False where a tensor map cannot be made (the caller then launches the
+// register-fed kernel).
+template <int MT, int BK, int S>
+bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
+                       int64_t n, int64_t k, bool swiglu, const Launch& on) {
+  constexpr int smem = skinny_tma_smem(MT, BK, S);
+  auto* plain = skinny_tma_kernel<MT, BK, S, SkinnyOut::kPlain>;
+  auto* glu = skinny_tma_kernel<MT, BK, S, SkinnyOut::kSwiGLU>;
+  // Blocks that fit on the GPU at once, for each output mode (once per process).
+  static const std::array<int64_t, 2> slots = [&] {
+    int sms = 0, device = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    std::array<int64_t, 2> n_slots{};
+    for (int i = 0; i < 2; ++i) {
+      auto* fn = i ? glu : plain;
+      int per_sm = 0;
+      if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, (MT + 1) * 32, smem) != cudaSuccess)
+        per_sm = 0;
+      n_slots[i] = static_cast<int64_t>(per_sm) * sms;
+    }
+    return n_slots;
+  }();
+  const int64_t fit = slots[swiglu], outs = swiglu ? n / 2 : n, per_tile = (swiglu ? 8 : 16) * MT;
+  CUtensorMap wmap, xmap;
+  if (fit < 1 || !make_box_map(&wmap, w, n, k, k, static_cast<int>(per_tile)) ||
+      !make_box_map(&xmap, x, m, k, ldx, 16))
+    return false;
+  const unsigned grid = grid1(std::min((outs + per_tile - 1) / per_tile, fit));
+  launch_clustered(swiglu ? glu : plain, grid, (MT + 1) * 32, 1, smem, on, wmap, xmap, bias, y, ldy, n, k,
+                   static_cast<int>(m), on.warm.p, on.warm.bytes);
+  return true;
 }
 
 }  // namespace
@@ -667,6 +706,19 @@ void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, 
                                                         finished);
 }
 
+// Whether this GPU runs the TMA-fed kernel: sm_90 or later and a driver that makes tensor maps.
+bool skinny_tma_supported() {
+  static const bool ok = [] {
+    int device = 0, major = 0;
+    CUtensorMap probe;
+    static const uint4 dummy[64] = {};
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+           make_box_map(&probe, dummy, 16, 64, 64, 16);
+  }();
+  return ok;
+}
+
 bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }
 
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
@@ -676,18 +728,19 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
   const auto* xp = static_cast<const bf16*>(x);
   const auto* bp = static_cast<const bf16*>(bias);
   auto* yp = static_cast<bf16*>(y);
-  // From scripts/bench/skinny_gemm_sweep.cu (H100): up to 8 rows, one 8-column MMA tile; 16
-  // rows, two tiles; tall matrices 32 weight rows per warp; long rows (down) K split over a
-  // cluster of 8 blocks of 64 weight rows; others 16 rows per block with 16 warps (more blocks
-  // to spread over the multiprocessors); weight loads that prefetch 256 B into L2.
-  if (m <= 8)
-    launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
-  else if (n >= kSkinnyTallRows)
-    launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
-  else if (k >= 8192)
-    launch_skinny<2, 4, 4, 1, 2, false, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
-  else
-    launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  // From scripts/bench/skinny_gemm_sweep.cu and the decoding step (H100): up to 8 rows, one
+  // 8-column MMA tile. 9 to 16 rows: the TMA-fed kernel, whose first stages of weights are copied
+  // while the previous kernel still runs; tall matrices with 4 consumer warps and 128-column
+  // stages 8 deep, the others with 2 warps and 256-column stages 6 deep. Without TMA: tall
+  // matrices 32 weight rows per warp, others 16 rows per block with 16 warps (more blocks to
+  // spread over the multiprocessors). Register-fed weight loads prefetch 256 B into L2.
+  if (m <= 8) return launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  if (skinny_tma_supported() && (n >= kSkinnyTallRows
+                                     ? launch_skinny_tma<4, 128, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)
+                                     : launch_skinny_tma<2, 256, 6>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)))
+    return;
+  if (n >= kSkinnyTallRows) return launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
 }
 
 }  // namespace gmsa::kernels

@@ -96,6 +96,9 @@ constexpr int64_t kSkinnyTallRows = 16384;
 // and in the decoding step its PDL and L2 warming make up for its slower GEMM alone.
 constexpr int64_t kSkinnyShortRows = 4096;
 bool skinny_gemm_supports(int64_t m, int64_t k);
+// Whether 9 to 16 rows run the TMA-fed skinny GEMM (src/kernels/skinny_gemm_tma.cuh): an sm_90
+// or later GPU whose driver makes tensor maps. It then serves every weight shape at those rows.
+bool skinny_tma_supported();
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
                       int64_t n, int64_t k, bool swiglu, const Launch& on);
 

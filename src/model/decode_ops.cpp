@@ -168,6 +168,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
 }
 
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
+bool tma_projection() { return enabled() && kernels::skinny_tma_supported(); }
 
 namespace {
 
@@ -187,7 +188,7 @@ Kernel pick(const torch::Tensor& x, const torch::Tensor& w, bool bias) {
   if (M == 1 && p == Projection::kAuto && !bias && K % 8 == 0) return Kernel::kGemv;
   if (!kernels::skinny_gemm_supports(M, K)) return Kernel::kCublas;
   const bool ours = p == Projection::kTensorCores || M == 1 || N >= kernels::kSkinnyTallRows ||
-                    (M > 8 && N <= kernels::kSkinnyShortRows);
+                    (M > 8 && (N <= kernels::kSkinnyShortRows || tma_projection()));
   return ours ? Kernel::kSkinny : Kernel::kCublas;
 }
 
@@ -316,6 +317,7 @@ torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch:
   return {};
 }
 bool attention_supports(int64_t) { return false; }
+bool tma_projection() { return false; }
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, const torch::Tensor&) {
   return torch::linear(x, w, bias);
 }

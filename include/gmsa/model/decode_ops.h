@@ -16,15 +16,19 @@ bool enabled();
 void set_enabled(bool on);
 // Which kernel multiplies the step's 1 to 16 rows by a weight matrix (linear, swiglu_linear).
 // kAuto, the default, takes the faster of each pair in scripts/bench/skinny_gemm_sweep.cu on an
-// H100 (docs/performance.md): one row through the CUDA-core GEMV; 2 to 16 rows through the
-// tensor-core skinny GEMM for tall matrices (N >= 16384: gate/up with its SwiGLU, the LM head),
-// at 9 to 16 rows also for short ones (N <= 4096: o_proj, down; measured in the decoding step,
-// where cuBLAS adds a split-K reduce kernel), and through cuBLAS otherwise (q/k/v). kCublas:
-// cuBLAS for all; kTensorCores: the skinny GEMM for all.
+// H100 (docs/performance.md): one row through the CUDA-core GEMV; 2 to 8 rows through the
+// tensor-core skinny GEMM for tall matrices (N >= 16384: gate/up with its SwiGLU, the LM head)
+// and cuBLAS for the others; 9 to 16 rows through the TMA-fed skinny GEMM for every matrix
+// where tma_projection(), else as 2 to 8 rows plus the skinny GEMM for short matrices (N <= 4096:
+// o_proj, down, where cuBLAS adds a split-K reduce kernel). kCublas: cuBLAS for all;
+// kTensorCores: the skinny GEMM for all.
 // At start-up GMSA_DECODE_GEMV=auto|cublas|tc picks it (any other value is an error).
 enum class Projection { kAuto, kCublas, kTensorCores };
 Projection projection();
 void set_projection(Projection p);
+// Whether 9 to 16 rows run the TMA-fed skinny GEMM (src/kernels/skinny_gemm_tma.cuh): the
+// kernels are on and the GPU is sm_90 or later with a driver that makes tensor maps.
+bool tma_projection();
 // "auto", "cublas", "tc"; parse_projection throws std::invalid_argument naming the value.
 const char* projection_name(Projection p);
 Projection parse_projection(const std::string& name);

@@ -1,0 +1,236 @@
+#pragma once
+// y = x W^T for 9 to 16 rows of x (the decoding step at batch 9-16), the weights streamed into
+// shared memory by the Tensor Memory Accelerator (sm_90 tensor copies) instead of through
+// registers as in skinny_gemm.cuh. A block is one producer warp and MT consumer warps. Stage
+// after stage, the producer copies BK columns of the block's 16 MT weight rows and of the 16 x
+// rows into an S-deep ring (one copy per 64-column box, 128-byte swizzled); the consumers read
+// their 16-row tile and x back with ldmatrix into mma.m16n8k16. The copies take no registers,
+// so each multiprocessor keeps S stages of weights in flight whatever the consumers do.
+//
+// The grid is persistent: block b takes tiles b, b + grid, ... and its pipeline runs on through
+// the tile boundaries without draining. Programmatic dependent launch (sm_90): the first S
+// stages' weight copies are issued before griddepcontrol.wait, so they stream while the
+// previous kernel finishes (in the decoding step this, more than the kernel alone, is what it
+// gains: docs/performance.md); x is copied only after the wait.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+#include "skinny_gemm.cuh"
+
+namespace gmsa::kernels {
+
+namespace tma {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(arrivals) : "memory");
+}
+
+// Makes the initialised barriers visible to the asynchronous (copy) proxy.
+__device__ __forceinline__ void barrier_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// One arrival that also announces `bytes` of copies the phase waits for.
+__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+}
+
+// The box of `map` at (column col, row row) into shared dst (1024-byte aligned); the copy counts
+// its bytes (the whole box: rows past the end arrive as zeros) off `bar`'s phase when it lands.
+__device__ __forceinline__ void copy_box(uint32_t dst, const CUtensorMap* map, int64_t col, int64_t row,
+                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(static_cast<int32_t>(col)), "r"(static_cast<int32_t>(row)),
+      "r"(smem_addr(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+}  // namespace tma
+
+// A 2-D bf16 tensor map over rows x cols (row stride ld elements, 16-byte aligned) whose box is
+// 64 columns (128 bytes, swizzled by 128 bytes) x box_rows rows. False if the driver refuses.
+inline bool make_box_map(CUtensorMap* map, const void* p, int64_t rows, int64_t cols, int64_t ld, int box_rows) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+#if CUDART_VERSION >= 12050
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found);
+#endif
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)}, unit[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, unit,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Shared memory of skinny_tma_kernel<MT, BK, S>: S stages, each BK / 64 slices of 64 columns:
+// the 16 MT weight rows (128 bytes each) and the 16 x rows; 1 KiB for alignment; 2 S barriers.
+__host__ __device__ constexpr int skinny_tma_stage_bytes(int mt, int bk) { return bk * 2 * (16 * mt + 16); }
+__host__ __device__ constexpr int skinny_tma_smem(int mt, int bk, int s) {
+  return s * skinny_tma_stage_bytes(mt, bk) + 1024 + 16 * s;
+}
+
+// wmap: W [N, K] with boxes of 16 MT rows (plain) or 8 MT rows (SwiGLU: W packs gate rows
+// [0, N/2) over up rows [N/2, N); a tile's 8 MT gate rows come first, then its up rows, and
+// warp w takes gate rows 8w.. and up rows 8 MT + 8w.., so lane (g, t) holds gate and up of the
+// same output in c[.][e] and c[.][e + 2]). xmap: x [M, K], boxes of 16 rows (rows >= M read as
+// zeros). y [M, ldy]; 1 <= M <= 16; K % 8 == 0 (columns past K read as zeros).
+template <int MT, int BK, int S, SkinnyOut kOut>
+__global__ void __launch_bounds__((MT + 1) * 32)
+    skinny_tma_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap,
+                      const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t ldy, int64_t n,
+                      int64_t k, int m, const void* warm, int64_t warm_bytes) {
+  static_assert(BK % 64 == 0, "whole 64-column boxes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
+  constexpr int kSlices = BK / 64, kStageBytes = skinny_tma_stage_bytes(MT, BK);
+  constexpr int kWRows = 16 * MT, kSliceW = kWRows * 128, kXBase = kSlices * kSliceW, kSliceX = 16 * 128;
+  constexpr int kOutsPerTile = kSwiGLU ? 8 * MT : 16 * MT;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = tma::smem_addr(smem_raw), smem0 = (raw + 1023) & ~1023u;  // swizzle atoms: 1 KiB
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (smem0 - raw) + S * kStageBytes);
+  uint64_t* empty = full + S;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t inter = n / 2, outs = kSwiGLU ? inter : n;
+  const int64_t tiles = (outs + kOutsPerTile - 1) / kOutsPerTile, chunks = (k + BK - 1) / BK;  // columns past K read as zeros
+  const int64_t my_tiles = tiles > blockIdx.x ? (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  const int64_t steps = my_tiles * chunks;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      tma::barrier_init(&full[s], 1);
+      tma::barrier_init(&empty[s], MT);
+    }
+    tma::barrier_init_fence();
+  }
+  __syncthreads();
+
+  if (warp == MT) {  // producer: one lane issues every copy
+    if (lane == 0) {
+      auto issue = [&](int64_t q, bool weights, bool xs) {
+        const int stage = static_cast<int>(q % S);
+        const int64_t tile = blockIdx.x + (q / chunks) * gridDim.x, col = (q % chunks) * BK;
+        const uint32_t base = smem0 + stage * kStageBytes;
+        if (weights) {
+          tma::barrier_expect(&full[stage], kStageBytes);
+          for (int j = 0; j < kSlices; ++j) {
+            const uint32_t dst = base + j * kSliceW;
+            if constexpr (kSwiGLU) {
+              tma::copy_box(dst, &wmap, col + 64 * j, tile * kOutsPerTile, &full[stage]);
+              tma::copy_box(dst + kSliceW / 2, &wmap, col + 64 * j, inter + tile * kOutsPerTile, &full[stage]);
+            } else {
+              tma::copy_box(dst, &wmap, col + 64 * j, tile * kOutsPerTile, &full[stage]);
+            }
+          }
+        }
+        if (xs)
+          for (int j = 0; j < kSlices; ++j)
+            tma::copy_box(base + kXBase + j * kSliceX, &xmap, col + 64 * j, 0, &full[stage]);
+      };
+      const int64_t head = min(static_cast<int64_t>(S), steps);
+      for (int64_t q = 0; q < head; ++q) issue(q, true, false);
+      grid_dependency_wait();  // x is the previous kernel's output
+      for (int64_t q = 0; q < head; ++q) issue(q, false, true);
+      for (int64_t q = S; q < steps; ++q) {
+        tma::barrier_wait(&empty[q % S], static_cast<uint32_t>((q / S - 1) & 1));
+        issue(q, true, true);
+      }
+    }
+  } else {  // consumers
+    const int g = lane / 4, t = lane % 4;
+    // ldmatrix rows: A matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) of this warp's tile; B (x
+    // rows 0-7 | 8-15) x (k 0-7 | 8-15). Row r's 16-byte chunk c sits at chunk c ^ (r % 8).
+    const int ar = lane % 8 + (lane / 8 % 2) * 8;
+    const int a_row = kSwiGLU ? (ar < 8 ? warp * 8 + ar : 8 * MT + warp * 8 + ar - 8) : warp * 16 + ar;
+    const int a_hi = lane / 16, b_row = lane % 8 + (lane / 16) * 8, b_hi = lane / 8 % 2;
+    int64_t q = 0;
+    for (int64_t i = 0; i < my_tiles; ++i) {
+      const int64_t tile = blockIdx.x + i * gridDim.x;
+      float c[2][4] = {};
+      for (int64_t ch = 0; ch < chunks; ++ch, ++q) {
+        const int stage = static_cast<int>(q % S);
+        tma::barrier_wait(&full[stage], static_cast<uint32_t>((q / S) & 1));
+        const uint32_t base = smem0 + stage * kStageBytes;
+#pragma unroll
+        for (int j = 0; j < kSlices; ++j)
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            uint32_t a[4], b[4];
+            tma::ldmatrix_x4(a, base + j * kSliceW + a_row * 128 + (((2 * kk + a_hi) ^ (a_row % 8)) << 4));
+            tma::ldmatrix_x4(b, base + kXBase + j * kSliceX + b_row * 128 + (((2 * kk + b_hi) ^ (b_row % 8)) << 4));
+            mma_bf16_16816(c[0], a[0], a[1], a[2], a[3], b[0], b[1]);
+            mma_bf16_16816(c[1], a[0], a[1], a[2], a[3], b[2], b[3]);
+          }
+        __syncwarp();
+        if (lane == 0) tma::barrier_arrive(&empty[stage]);
+      }
+      // c[j][e]: A row g (e < 2) or g + 8 of this warp's tile, x row 2t + (e & 1) + 8j.
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int xr = 2 * t + e + 8 * j;
+          if (xr >= m) continue;
+          if constexpr (kSwiGLU) {
+            const int64_t out = tile * kOutsPerTile + warp * 8 + g;
+            if (out >= outs) continue;
+            const float gb = bf(c[j][e]), ub = bf(c[j][e + 2]);
+            y[xr * ldy + out] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
+          } else {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int64_t o = tile * kOutsPerTile + warp * 16 + g + 8 * h;
+              const float v = c[j][e + 2 * h];
+              if (o < n) y[xr * ldy + o] = __float2bfloat16(bias ? v + __bfloat162float(bias[o]) : v);
+            }
+          }
+        }
+    }
+  }
+  grid_dependents_launch();
+  prefetch_l2_span(warm, warm_bytes);
+#else
+  __trap();  // launched only where skinny_tma_supported() (sm_90 and later)
+#endif
+}
+
+}  // namespace gmsa::kernels
