@@ -127,10 +127,10 @@ struct Variant {
   bool one_row_only;
 };
 
-template <int NT, int RT, int W, int U, int P, bool C, int S = 1>
+template <int NT, int RT, int W, int U, int P, bool C>
 Variant tc(const std::string& name) {
   return {name, [](const bf16* w, const bf16* x, bf16* y, int64_t ldy, int64_t m, int64_t n, int64_t k, bool sw,
-                   const Launch& on) { launch_skinny<NT, RT, W, U, P, C, S>(w, x, k, nullptr, y, ldy, m, n, k, sw, on); },
+                   const Launch& on) { launch_skinny<NT, RT, W, U, P, C>(w, x, k, nullptr, y, ldy, m, n, k, sw, on); },
           false};
 }
 
@@ -167,13 +167,7 @@ std::vector<Variant> all_variants(int64_t m) {
           tc<2, 2, 8, 1, 2, false>("tc r2 w8 u1 l2-256"),     tc<2, 4, 4, 1, 2, false>("tc r4 w4 u1 l2-256"),
           tc<2, 4, 8, 1, 2, false>("tc r4 w8 u1 l2-256"),     tc<2, 1, 8, 2, 2, true>("tc r1 w8 u2 l2-256 contig"),
           tc<2, 2, 8, 2, 2, true>("tc r2 w8 u2 l2-256 contig"), tc<2, 2, 8, 2, 1, true>("tc r2 w8 u2 noalloc contig"),
-          // K split over a cluster of S blocks
-          tc<2, 2, 8, 2, 2, false, 2>("tc r2 w8 u2 l2-256 split2"), tc<2, 2, 8, 2, 2, false, 4>("tc r2 w8 u2 l2-256 split4"),
-          tc<2, 2, 4, 2, 2, false, 4>("tc r2 w4 u2 l2-256 split4"), tc<2, 4, 4, 2, 2, false, 2>("tc r4 w4 u2 l2-256 split2"),
-          tc<2, 4, 4, 2, 2, false, 4>("tc r4 w4 u2 l2-256 split4"), tc<2, 4, 8, 1, 2, false, 2>("tc r4 w8 u1 l2-256 split2"),
-          tc<2, 4, 8, 1, 2, false, 4>("tc r4 w8 u1 l2-256 split4"), tc<2, 4, 4, 1, 2, false, 8>("tc r4 w4 u1 l2-256 split8"),
-          tc<2, 4, 8, 2, 2, true, 4>("tc r4 w8 u2 l2-256 contig split4"), tc<2, 8, 4, 1, 2, false, 4>("tc r8 w4 u1 l2-256 split4"),
-          tc<2, 4, 8, 1, 1, false, 4>("tc r4 w8 u1 noalloc split4"), tc<2, 2, 8, 1, 2, false, 8>("tc r2 w8 u1 l2-256 split8"),
+          // TMA-fed: m consumer warps, k columns per stage, s stages
           tma<1, 256, 8>("tma m1 k256 s8"), tma<2, 256, 6>("tma m2 k256 s6"), tma<4, 256, 4>("tma m4 k256 s4"),
           tma<2, 128, 8>("tma m2 k128 s8"), tma<4, 128, 8>("tma m4 k128 s8"), tma<1, 128, 12>("tma m1 k128 s12"),
           tma<2, 256, 3>("tma m2 k256 s3"), tma<4, 256, 2>("tma m4 k256 s2"), tma<8, 128, 4>("tma m8 k128 s4"),

@@ -489,35 +489,25 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restri
 
 // Launches with the programmatic-stream-serialization attribute when on.pdl: the kernel may
 // start while the previous one drains; each kernel here waits (griddepcontrol.wait) before it
-// touches anything the previous one writes.
-// cluster > 1: blocks [c * cluster, (c + 1) * cluster) of a 1-D grid form cluster c.
-// smem: dynamic shared memory bytes.
+// touches anything the previous one writes. smem: dynamic shared memory bytes.
 template <typename... Params, typename... Args>
-void launch_clustered(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster, unsigned smem,
-                      const Launch& on, Args... args) {
+void launch_smem(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned smem, const Launch& on, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = on.stream;
-  cudaLaunchAttribute attr[2];
-  unsigned n = 0;
-  if (on.pdl) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n++].val.clusterDim = {cluster, 1, 1};
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = on.pdl ? 1 : 0;
   cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Launch& on, Args... args) {
-  launch_clustered(kernel, grid, block, 1, 0, on, args...);
+  launch_smem(kernel, grid, block, 0, on, args...);
 }
 
 unsigned grid1(int64_t blocks) { return static_cast<unsigned>(blocks); }
@@ -535,18 +525,18 @@ void launch_gemv(const bf16* w, const bf16* x, bf16* y, int64_t n, int64_t k, bo
            on.warm.p, on.warm.bytes);
 }
 
-template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false, int kSplit = 1>
+template <int NT, int RT, int kWarps, int kUnroll, int kPolicy = 0, bool kContig = false>
 void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
                    int64_t n, int64_t k, bool swiglu, const Launch& on) {
   const int mm = static_cast<int>(m);
   if (swiglu)
-    launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU, kSplit>,
-                     grid1((n / 2 + 8 * RT - 1) / (8 * RT) * kSplit), kWarps * 32, kSplit, 0, on, w, x, ldx, bias, y,
-                     ldy, n, k, mm, on.warm.p, on.warm.bytes);
+    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kSwiGLU>,
+           grid1((n / 2 + 8 * RT - 1) / (8 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
+           on.warm.bytes);
   else
-    launch_clustered(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain, kSplit>,
-                     grid1((n + 16 * RT - 1) / (16 * RT) * kSplit), kWarps * 32, kSplit, 0, on, w, x, ldx, bias, y,
-                     ldy, n, k, mm, on.warm.p, on.warm.bytes);
+    launch(skinny_gemm_kernel<NT, RT, kWarps, kUnroll, kPolicy, kContig, SkinnyOut::kPlain>,
+           grid1((n + 16 * RT - 1) / (16 * RT)), kWarps * 32, on, w, x, ldx, bias, y, ldy, n, k, mm, on.warm.p,
+           on.warm.bytes);
 }
 
 // The TMA-fed kernel (skinny_gemm_tma.cuh) on a persistent grid: as many blocks as fit at once,
@@ -580,8 +570,8 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
       !make_box_map(&xmap, x, m, k, ldx, 16))
     return false;
   const unsigned grid = grid1(std::min((outs + per_tile - 1) / per_tile, fit));
-  launch_clustered(swiglu ? glu : plain, grid, (MT + 1) * 32, 1, smem, on, wmap, xmap, bias, y, ldy, n, k,
-                   static_cast<int>(m), on.warm.p, on.warm.bytes);
+  launch_smem(swiglu ? glu : plain, grid, (MT + 1) * 32, smem, on, wmap, xmap, bias, y, ldy, n, k,
+              static_cast<int>(m), on.warm.p, on.warm.bytes);
   return true;
 }
 

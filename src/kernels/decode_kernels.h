@@ -83,7 +83,9 @@ void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, 
 void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool swiglu, const Launch& on);
 
 // y [M, N] (row stride ldy) = x [M, K] (row stride ldx) W [N, K]^T for 1 <= M <= 16 on tensor
-// cores (src/kernels/skinny_gemm.cuh), fp32 accumulation, bf16 out. swiglu: W packs gate rows
+// cores, fp32 accumulation, bf16 out: the weights through registers (src/kernels/skinny_gemm.cuh)
+// up to 8 rows, through TMA copies into shared memory (skinny_gemm_tma.cuh) at 9-16 rows where
+// skinny_tma_supported(). swiglu: W packs gate rows
 // [0, N/2) over up rows [N/2, N) and y [M, N/2] = silu(gate) * up. bias [N] or null (not with
 // swiglu). K % 32 == 0, W, x and their row strides 16-byte aligned.
 constexpr int64_t kSkinnyMaxRows = 16;
@@ -91,9 +93,9 @@ constexpr int64_t kSkinnyMaxRows = 16;
 // skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not, alone
 // (scripts/bench/skinny_gemm_sweep.cu). It also picks the kernel's tile configuration.
 constexpr int64_t kSkinnyTallRows = 16384;
-// At 9-16 rows cuBLAS splits K for weights with at most this many rows (o_proj, down) and adds
-// a reduce kernel; the skinny GEMM, K split over a thread-block cluster for long rows, does not,
-// and in the decoding step its PDL and L2 warming make up for its slower GEMM alone.
+// At 9-16 rows without TMA: cuBLAS splits K for weights with at most this many rows (o_proj,
+// down) and adds a reduce kernel; the skinny GEMM does not, and in the decoding step its PDL and
+// L2 warming make up for its slower GEMM alone.
 constexpr int64_t kSkinnyShortRows = 4096;
 bool skinny_gemm_supports(int64_t m, int64_t k);
 // Whether 9 to 16 rows run the TMA-fed skinny GEMM (src/kernels/skinny_gemm_tma.cuh): an sm_90

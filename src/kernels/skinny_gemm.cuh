@@ -11,18 +11,11 @@
 // columns {0,1 | 2,3} to the first mma's k {2t,2t+1 | 2t+8,2t+9} and {4,5 | 6,7} to the
 // second's: every register of the A and B fragments comes straight from a 16-byte load.
 //
-// K split over a thread-block cluster (kSplit > 1, sm_90): the kSplit blocks of a cluster
-// share one output tile and each streams 1/kSplit of K; their warp-reduced partial tiles are
-// summed through distributed shared memory. Each block can then own more output rows and still
-// leave enough blocks in flight for 4,096-output matrices with long rows (down), with no second
-// kernel (cuBLAS's split-K reduce) and no global workspace.
-//
 // Programmatic dependent launch (sm_90): the weights do not depend on the previous kernel, so
 // the first slabs are loaded before griddepcontrol.wait and their fetch overlaps the previous
 // kernel's tail; after its main loop a block lets the next kernel start launching. Launched
 // without the attribute, both instructions do nothing. Then the grid fetches [warm, warm +
 // warm_bytes) into L2 for a later kernel (none when warm_bytes is 0).
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -76,22 +69,19 @@ __device__ __forceinline__ void skinny_slab(float (&c)[NT][4], const uint4& wa, 
   }
 }
 
-// Grid: kSplit blocks (one cluster) per 16 RT output features (SwiGLU: per 8 RT outputs; each
-// 16-row tile holds 8 gate rows and their 8 up rows). w [N, K] row-major, x [M, K] with row
-// stride ldx, y [M, ldy]; K % 32 == 0, 16-byte aligned rows; M <= 8 NT. bias [N] or null (plain
-// mode only).
+// Grid: one block per 16 RT output features (SwiGLU: per 8 RT outputs; each 16-row tile holds
+// 8 gate rows and their 8 up rows). w [N, K] row-major, x [M, K] with row stride ldx, y [M, ldy];
+// K % 32 == 0, 16-byte aligned rows; M <= 8 NT. bias [N] or null (plain mode only).
 // NT: 8-row tiles of x; RT: 16-row weight tiles per warp (each x fragment load serves RT of
 // them); kWarps split K (contiguous ranges when kContig, else slab s to warp s % kWarps);
 // kUnroll slabs per step, all loads of a step issued before its first mma.
-template <int NT, int RT, int kWarps, int kUnroll, int kPolicy, bool kContig, SkinnyOut kOut, int kSplit = 1>
+template <int NT, int RT, int kWarps, int kUnroll, int kPolicy, bool kContig, SkinnyOut kOut>
 __global__ void __launch_bounds__(kWarps * 32)
     skinny_gemm_kernel(const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ x, int64_t ldx,
                        const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t ldy,
                        int64_t n, int64_t k, int m, const void* warm, int64_t warm_bytes) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
-  const int64_t tile = blockIdx.x / kSplit;  // a 1-D cluster is kSplit consecutive blocks
-  const int rank = static_cast<int>(blockIdx.x % kSplit);
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
   const int64_t inter = n / 2, outs = kSwiGLU ? inter : n;
   // Rows g and g + 8 of each tile.
@@ -102,11 +92,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int r = 0; r < RT; ++r) {
     int64_t row_a, row_b;
     if constexpr (kSwiGLU) {
-      row_a = (tile * RT + r) * 8 + g;  // gate
-      row_b = inter + row_a;             // up
+      row_a = (static_cast<int64_t>(blockIdx.x) * RT + r) * 8 + g;  // gate
+      row_b = inter + row_a;                                         // up
       if (row_a >= inter) row_a = row_b = n;
     } else {
-      row_a = (tile * RT + r) * 16 + g;
+      row_a = (static_cast<int64_t>(blockIdx.x) * RT + r) * 16 + g;
       row_b = row_a + 8;
     }
     ok_a[r] = row_a < n;
@@ -114,10 +104,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     wa[r] = w + (ok_a[r] ? row_a : 0) * k + 8 * t;
     wb[r] = w + (ok_b[r] ? row_b : 0) * k + 8 * t;
   }
-  // This block's 32-column slabs [s0, s0 + slabs); this warp's: [first, first + mine) step 1
-  // (kContig) or warp + i * kWarps, relative to s0.
-  const int64_t all_slabs = k / 32, per_rank = (all_slabs + kSplit - 1) / kSplit;
-  const int64_t s0 = min(all_slabs, rank * per_rank), slabs = min(all_slabs, s0 + per_rank) - s0;
+  const int64_t slabs = k / 32;
+  // This warp's slabs: [first, first + mine) step 1 (kContig) or warp + i * kWarps.
   int64_t first, mine;
   if constexpr (kContig) {
     const int64_t per = (slabs + kWarps - 1) / kWarps;
@@ -127,7 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     first = warp;
     mine = slabs > warp ? (slabs - warp + kWarps - 1) / kWarps : 0;
   }
-  auto col_of = [&](int64_t i) { return (s0 + (kContig ? first + i : first + i * kWarps)) * 32; };
+  auto col_of = [&](int64_t i) { return (kContig ? first + i : first + i * kWarps) * 32; };
   const int64_t steps = (mine + kUnroll - 1) / kUnroll;
 
   uint4 ra[kUnroll][RT], rb[kUnroll][RT];
@@ -179,38 +167,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int e = 0; e < 4; ++e) part[warp][(r * NT + j) * 4 + e][lane] = c[r][j][e];
   __syncthreads();
-  // total(i, l): the whole sum of partial element i of lane l. With kSplit > 1 each block first
-  // adds its warps' partials into part[0], then the cluster's blocks share the outputs and add
-  // the kSplit blocks' part[0] in rank order (the same order in every block: deterministic).
-  int v0 = threadIdx.x, dv = kWarps * 32;
-  if constexpr (kSplit > 1) {
-    for (int v = threadIdx.x; v < RT * NT * 4 * 32; v += kWarps * 32) {
-      float sum = 0.f;
-#pragma unroll
-      for (int q = 0; q < kWarps; ++q) sum += part[q][v / 32][v % 32];
-      part[0][v / 32][v % 32] = sum;
-    }
-    cooperative_groups::this_cluster().sync();  // every block's part[0] is complete
-    v0 += rank * kWarps * 32;
-    dv *= kSplit;
-  }
-  auto total = [&](int i, int l) {
-    float sum = 0.f;
-    if constexpr (kSplit > 1) {
-      auto cluster = cooperative_groups::this_cluster();
-#pragma unroll
-      for (int q = 0; q < kSplit; ++q) sum += cluster.map_shared_rank(&part[0][0][0], q)[i * 32 + l];
-    } else {
-#pragma unroll
-      for (int q = 0; q < kWarps; ++q) sum += part[q][i][l];
-    }
-    return sum;
-  };
   if constexpr (kSwiGLU) {
-    for (int v = v0; v < RT * NT * 2 * 32; v += dv) {
+    for (int v = threadIdx.x; v < RT * NT * 2 * 32; v += kWarps * 32) {
       const int l = v % 32, e = (v / 32) % 2, rj = v / 64, j = rj % NT, r = rj / NT;  // e: x row 2t + e
-      const float gate = total(rj * 4 + e, l), up = total(rj * 4 + e + 2, l);
-      const int64_t out = (tile * RT + r) * 8 + l / 4;
+      float gate = 0.f, up = 0.f;
+#pragma unroll
+      for (int q = 0; q < kWarps; ++q) {
+        gate += part[q][rj * 4 + e][l];
+        up += part[q][rj * 4 + e + 2][l];
+      }
+      const int64_t out = (static_cast<int64_t>(blockIdx.x) * RT + r) * 8 + l / 4;
       const int xr = 2 * (l % 4) + e + 8 * j;
       if (out < outs && xr < m) {
         // As linear (bf16 outputs) then silu_mul: silu rounded, the product rounded.
@@ -220,15 +186,16 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   } else {
-    for (int v = v0; v < RT * NT * 4 * 32; v += dv) {
+    for (int v = threadIdx.x; v < RT * NT * 4 * 32; v += kWarps * 32) {
       const int l = v % 32, rje = v / 32, e = rje % 4, j = (rje / 4) % NT, r = rje / (4 * NT);
-      const float sum = total(rje, l);
-      const int64_t out = (tile * RT + r) * 16 + l / 4 + (e >= 2 ? 8 : 0);
+      float sum = 0.f;
+#pragma unroll
+      for (int q = 0; q < kWarps; ++q) sum += part[q][rje][l];
+      const int64_t out = (static_cast<int64_t>(blockIdx.x) * RT + r) * 16 + l / 4 + (e >= 2 ? 8 : 0);
       const int xr = 2 * (l % 4) + (e & 1) + 8 * j;
       if (out < outs && xr < m) y[xr * ldy + out] = __float2bfloat16(bias ? sum + __bfloat162float(bias[out]) : sum);
     }
   }
-  if constexpr (kSplit > 1) cooperative_groups::this_cluster().sync();  // keep part[0] alive for the others' reads
 }
 
 }  // namespace gmsa::kernels
