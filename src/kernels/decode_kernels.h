@@ -85,9 +85,9 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
 // y [M, N] (row stride ldy) = x [M, K] (row stride ldx) W [N, K]^T for 1 <= M <= 16 on tensor
 // cores, fp32 accumulation, bf16 out: the weights through registers (src/kernels/skinny_gemm.cuh)
 // up to 8 rows, through TMA copies into shared memory (skinny_gemm_tma.cuh) at 9-16 rows where
-// skinny_tma_supported(). swiglu: W packs gate rows
-// [0, N/2) over up rows [N/2, N) and y [M, N/2] = silu(gate) * up. bias [N] or null (not with
-// swiglu). K % 32 == 0, W, x and their row strides 16-byte aligned.
+// skinny_tma_supported(). swiglu: W packs gate rows [0, N/2) over up rows [N/2, N) and
+// y [M, N/2] = silu(gate) * up. bias [N] or null (not with swiglu). K % 32 == 0, W, x and their
+// row strides 16-byte aligned.
 constexpr int64_t kSkinnyMaxRows = 16;
 // Weights with at least this many rows ("tall": gate/up, the LM head of the 7B shape) give the
 // skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not, alone
