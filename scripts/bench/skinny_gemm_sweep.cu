@@ -218,10 +218,9 @@ void step_sequence(const bf16* x, bf16* y) {
                rest(i, s);
              }, launches, 5));
     };
-    // decode_ops' auto choice: at 9-16 rows every weight through the skinny GEMM (TMA-fed on
-    // sm_90), else short weights (kSkinnyShortRows) only; the rest through cuBLAS.
+    // decode_ops' auto choice (skinny_gemm_preferred); the rest through cuBLAS.
     tall_plus("library auto", [&](int i, cudaStream_t s) {
-      if (m > 8 && (order[i].n <= kSkinnyShortRows || skinny_tma_supported())) return skinny(i, s);
+      if (skinny_gemm_preferred(m, order[i].n)) return skinny(i, s);
       cublas(i, s);
     });
     tall_plus("library tall only", cublas);

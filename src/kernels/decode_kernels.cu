@@ -709,6 +709,10 @@ bool skinny_tma_supported() {
   return ok;
 }
 
+bool skinny_gemm_preferred(int64_t m, int64_t n) {
+  return n >= kSkinnyTallRows || (m > 8 && (n <= kSkinnyShortRows || skinny_tma_supported()));
+}
+
 bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }
 
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,

@@ -101,6 +101,10 @@ bool skinny_gemm_supports(int64_t m, int64_t k);
 // Whether 9 to 16 rows run the TMA-fed skinny GEMM (src/kernels/skinny_gemm_tma.cuh): an sm_90
 // or later GPU whose driver makes tensor maps. It then serves every weight shape at those rows.
 bool skinny_tma_supported();
+// Whether decode_ops' automatic choice gives m rows (2 <= m <= 16) times an n-row weight to
+// skinny_gemm_bf16 rather than cuBLAS: tall weights always; at 9-16 rows short ones too, and
+// every weight where skinny_tma_supported(). (One row goes to the GEMV.)
+bool skinny_gemm_preferred(int64_t m, int64_t n);
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
                       int64_t n, int64_t k, bool swiglu, const Launch& on);
 

@@ -187,8 +187,7 @@ Kernel pick(const torch::Tensor& x, const torch::Tensor& w, bool bias) {
   const int64_t M = x.numel() / K;
   if (M == 1 && p == Projection::kAuto && !bias && K % 8 == 0) return Kernel::kGemv;
   if (!kernels::skinny_gemm_supports(M, K)) return Kernel::kCublas;
-  const bool ours = p == Projection::kTensorCores || M == 1 || N >= kernels::kSkinnyTallRows ||
-                    (M > 8 && (N <= kernels::kSkinnyShortRows || tma_projection()));
+  const bool ours = p == Projection::kTensorCores || M == 1 || kernels::skinny_gemm_preferred(M, N);
   return ours ? Kernel::kSkinny : Kernel::kCublas;
 }
 
