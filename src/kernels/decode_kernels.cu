@@ -42,6 +42,29 @@ __global__ void add_rms_norm_vec_kernel(const bf16* x, const bf16* y, const bf16
   rms_norm_row_vec(x + off, y + off, w, h + off, normed + off, cols, eps);
 }
 
+// Block per row: scaled = bf16(h * gain), partial[row] = sum of h^2 (NormFusion's first input).
+__global__ void rms_partials_kernel(const bf16* h, const bf16* gain, bf16* scaled, float* partial, int64_t cols) {
+  grid_dependency_wait();
+  grid_dependents_launch();
+  const int64_t off = blockIdx.x * cols;
+  float sq = 0.f;
+  for (int64_t c = 8 * static_cast<int64_t>(threadIdx.x); c < cols; c += 8 * static_cast<int64_t>(blockDim.x)) {
+    float v[8], g[8];
+    load8(h + off + c, v);
+    load8(gain + c, g);
+    uint4 out;
+    bf16* o = reinterpret_cast<bf16*>(&out);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      sq += v[j] * v[j];
+      o[j] = __float2bfloat16(v[j] * g[j]);
+    }
+    *reinterpret_cast<uint4*>(scaled + off + c) = out;
+  }
+  const float total = block_sum(sq);
+  if (threadIdx.x == 0) partial[blockIdx.x * norm_fusion_stride(1)] = total;
+}
+
 // ---------------------------------------------------------------- RoPE + KV store
 
 // One thread per pair (i, i + half) of one head of one row; heads are numbered over the packed
@@ -544,7 +567,7 @@ void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, 
 // register-fed kernel).
 template <int MT, int BK, int S>
 bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
-                       int64_t n, int64_t k, bool swiglu, const Launch& on) {
+                       int64_t n, int64_t k, bool swiglu, const Launch& on, const NormFusion& fuse = {}) {
   constexpr int smem = skinny_tma_smem(MT, BK, S);
   auto* plain = skinny_tma_kernel<MT, BK, S, SkinnyOut::kPlain>;
   auto* glu = skinny_tma_kernel<MT, BK, S, SkinnyOut::kSwiGLU>;
@@ -571,7 +594,7 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
     return false;
   const unsigned grid = grid1(std::min((outs + per_tile - 1) / per_tile, fit));
   launch_smem(swiglu ? glu : plain, grid, (MT + 1) * 32, smem, on, wmap, xmap, bias, y, ldy, n, k,
-              static_cast<int>(m), on.warm.p, on.warm.bytes);
+              static_cast<int>(m), on.warm.p, on.warm.bytes, fuse);
   return true;
 }
 
@@ -711,6 +734,34 @@ bool skinny_tma_supported() {
 
 bool skinny_gemm_preferred(int64_t m, int64_t n) {
   return n >= kSkinnyTallRows || (m > 8 && (n <= kSkinnyShortRows || skinny_tma_supported()));
+}
+
+int64_t norm_fusion_parts(int64_t n) {  // one per tile of 16 MT outputs (plain output)
+  const int64_t mt = n >= kSkinnyTallRows ? 4 : 2;
+  return (n + 16 * mt - 1) / (16 * mt);
+}
+
+bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy,
+                            int64_t m, int64_t n, int64_t k, bool swiglu, const NormFusion& fuse, const Launch& on) {
+  if (m < 9 || m > kSkinnyMaxRows || n == 0 || k % 32 != 0 || (swiglu && fuse.partial_out) ||
+      (fuse.partial_out && norm_fusion_parts(n) > kNormMaxParts) ||
+      (fuse.partial_in && fuse.parts_in > kNormMaxParts) ||
+      !skinny_tma_supported())
+    return false;
+  const auto* wp = static_cast<const bf16*>(w);
+  const auto* xp = static_cast<const bf16*>(x);
+  const auto* bp = static_cast<const bf16*>(bias);
+  auto* yp = static_cast<bf16*>(y);
+  // The configurations of skinny_gemm_bf16 (norm_fusion_parts follows them).
+  return n >= kSkinnyTallRows ? launch_skinny_tma<4, 128, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on, fuse)
+                              : launch_skinny_tma<2, 256, 6>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on, fuse);
+}
+
+void rms_partials_bf16(const void* h, const void* gain, void* scaled, float* partial, int64_t rows, int64_t cols,
+                       const Launch& on) {
+  if (rows == 0 || rows > 16) return;
+  launch(rms_partials_kernel, grid1(rows), 256, on, static_cast<const bf16*>(h), static_cast<const bf16*>(gain),
+         static_cast<bf16*>(scaled), partial, cols);
 }
 
 bool skinny_gemm_supports(int64_t m, int64_t k) { return m >= 1 && m <= kSkinnyMaxRows && k % 32 == 0; }

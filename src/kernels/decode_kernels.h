@@ -108,4 +108,42 @@ bool skinny_gemm_preferred(int64_t m, int64_t n);
 void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy, int64_t m,
                       int64_t n, int64_t k, bool swiglu, const Launch& on);
 
+// The residual add + RMSNorm between two projections at 9-16 rows, carried by the projections
+// themselves where skinny_tma_supported(), instead of a launch of add_rms_norm_bf16 between
+// them (~3 us each in the batch-16 step, docs/performance.md). RMSNorm(h) W^T = r * ((h * g)
+// W^T) for the row's r = rsqrt(mean(h^2) + eps), so the gain g goes with the projection that
+// ends a sub-block and r with the one that starts the next, which sees the row's sum of squares
+// only as partial sums. Ends one (partial_out set, plain output): y is the residual stream h,
+// updated in place, h = bf16(h + bf16(x W^T + bias)) as the separate add rounds it; scaled
+// [M, ldy] = bf16(h * gain) is the next projection's x; partial_out [16, norm_fusion_parts(n)]
+// gets the rows' sums of squares of h over parts of the columns. Starts one (partial_in set):
+// x is that `scaled`, and each output is r * (x W^T) before its rounding (and before SwiGLU),
+// r from the parts_in partial sums of each row over `cols` columns. Against the separate ops
+// only roundings differ: h * g is rounded once to bf16 where RMSNorm rounds h * r, then
+// multiplies by g, and the squares are summed in another (fixed) order.
+struct NormFusion {
+  float* partial_out = nullptr;
+  const void* gain = nullptr;
+  void* scaled = nullptr;
+  const float* partial_in = nullptr;
+  int64_t parts_in = 0;
+  int64_t cols = 0;
+  float eps = 0.f;
+};
+// Partial sums per row that a sub-block-ending projection with n outputs leaves, and the row
+// stride of a partial-sum buffer of `parts` (a multiple of 4 floats). Buffers hold 16 rows
+// (rows >= M unused) and at most kNormPartBytes: norm_fusion_parts(n) <= kNormMaxParts.
+int64_t norm_fusion_parts(int64_t n);
+__host__ __device__ constexpr int64_t norm_fusion_stride(int64_t parts) { return (parts + 3) / 4 * 4; }
+constexpr int kNormPartBytes = 16 * 1024;
+constexpr int64_t kNormMaxParts = kNormPartBytes / (16 * 4);
+// skinny_gemm_bf16 at 9-16 rows with a NormFusion (not partial_out with swiglu); false where it
+// does not apply (no TMA, other row counts, K % 32 != 0), launching nothing.
+bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy,
+                            int64_t m, int64_t n, int64_t k, bool swiglu, const NormFusion& fuse, const Launch& on);
+// The first sub-block's input in the same form: scaled = bf16(h * gain) and partial [16, 4]
+// with one part, the rows' sums of squares, for h [rows, cols] (bf16, contiguous, cols % 8 == 0, 16-byte aligned).
+void rms_partials_bf16(const void* h, const void* gain, void* scaled, float* partial, int64_t rows, int64_t cols,
+                       const Launch& on);
+
 }  // namespace gmsa::kernels

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "decode_kernels.h"
 #include "skinny_gemm.cuh"
 
 namespace gmsa::kernels {
@@ -42,6 +43,19 @@ __device__ __forceinline__ void barrier_init_fence() {
 // One arrival that also announces `bytes` of copies the phase waits for.
 __device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+// Announces `bytes` more of copies for the current phase, without an arrival.
+__device__ __forceinline__ void barrier_expect_more(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+// `bytes` (a multiple of 16) from global src into shared dst (16-byte aligned), counted off
+// `bar`'s phase when they land.
+__device__ __forceinline__ void copy_bulk(uint32_t dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
 }
 
 __device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
@@ -68,6 +82,11 @@ __device__ __forceinline__ void copy_box(uint32_t dst, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(static_cast<int32_t>(col)), "r"(static_cast<int32_t>(row)),
       "r"(smem_addr(bar))
       : "memory");
+}
+
+// Barrier of the MT consumer warps only (the producer warp is elsewhere): named barrier 1.
+__device__ __forceinline__ void consumers_sync(int threads) {
+  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
@@ -103,22 +122,121 @@ inline bool make_box_map(CUtensorMap* map, const void* p, int64_t rows, int64_t 
 }
 
 // Shared memory of skinny_tma_kernel<MT, BK, S>: S stages, each BK / 64 slices of 64 columns:
-// the 16 MT weight rows (128 bytes each) and the 16 x rows; 1 KiB for alignment; 2 S barriers.
+// the 16 MT weight rows (128 bytes each) and the 16 x rows; 1 KiB for alignment; 2 S barriers;
+// the partial sums of a NormFusion's input rows (kNormPartBytes).
 __host__ __device__ constexpr int skinny_tma_stage_bytes(int mt, int bk) { return bk * 2 * (16 * mt + 16); }
 __host__ __device__ constexpr int skinny_tma_smem(int mt, int bk, int s) {
-  return s * skinny_tma_stage_bytes(mt, bk) + 1024 + 16 * s;
+  return s * skinny_tma_stage_bytes(mt, bk) + 1024 + 16 * s + kNormPartBytes;
 }
+
+namespace norm_fusion {
+
+// Loads that bypass L1 (another kernel wrote the data), as volatile asm so that the compiler
+// keeps them where they are issued, ahead of the MMA loop, instead of sinking them to their use.
+__device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
+  unsigned short v;
+  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
+  return __ushort_as_bfloat16(v);
+}
+
+// The rows' 1 / RMS from the partial sums of squares (NormFusion::partial_in), which the
+// producer copied into shared memory (`parts`, 16 rows of norm_fusion_stride(parts_in)) with the
+// first stage: one bulk copy per block, where a load per consumer thread made every block read
+// the same few kilobytes of L2 at once. Summed by 2 MT consumer threads per row in a fixed
+// order (results do not vary between runs) before the first epilogue, not before the first
+// MMA (the ring is full by then: a stall there stalls the stream); 0 for rows >= m.
+template <int MT>
+__device__ __forceinline__ void row_inv_rms(const NormFusion& f, int m, const float* parts, float* inv_rms) {
+  constexpr int kPerRow = 2 * MT;
+  const int row = threadIdx.x / kPerRow, sub = threadIdx.x % kPerRow;
+  const int64_t share = (f.parts_in + kPerRow - 1) / kPerRow, lo = min(f.parts_in, sub * share),
+                hi = min(f.parts_in, lo + share);
+  const float* p = parts + row * norm_fusion_stride(f.parts_in);
+  float s = 0.f;
+  for (int64_t i = lo; i < hi; ++i) s += p[i];
+#pragma unroll
+  for (int o = kPerRow / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (sub == 0) inv_rms[row] = row < m ? rsqrtf(s / static_cast<float>(f.cols) + f.eps) : 0.f;
+  tma::consumers_sync(MT * 32);
+}
+
+// The residual-stream values of this lane's outputs of a plain tile (warp's 16 outputs, x rows
+// 2t + e + 8j: the layout of c), loaded at the tile's start and kept as bf16 bits, so that
+// nothing waits for them before the epilogue.
+template <int MT>
+__device__ __forceinline__ void load_resid(__nv_bfloat16 (&r)[2][4], int64_t tile, int warp, int lane,
+                                           const __nv_bfloat16* y, int64_t ldy, int64_t n, int m) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int xr = 2 * t + e + 8 * j;
+        const int64_t o = tile * 16 * MT + warp * 16 + g + 8 * h;
+        r[j][e + 2 * h] = xr < m && o < n ? load_cg(y + xr * ldy + o) : __float2bfloat16(0.f);
+      }
+}
+
+// The plain epilogue that ends a sub-block: y (the residual stream) = bf16(resid + bf16(v +
+// bias)) as the separate add rounds it, scaled = bf16(y * gain) for the next projection, and
+// each x row's sum of squares of the new values over the tile's 16 MT outputs into
+// partial_out[row * norm_fusion_stride(parts) + tile]: a fixed shuffle tree within each warp,
+// then the warps' sums in order through shared memory (`sums`, MT x 16; the two consumer
+// barriers keep a fast warp's next tile from overwriting it early).
+template <int MT>
+__device__ __forceinline__ void residual_epilogue(const float (&c)[2][4], const __nv_bfloat16 (&resid)[2][4],
+                                                  int64_t tile, int warp, int lane, const __nv_bfloat16* bias,
+                                                  __nv_bfloat16* y, int64_t ldy, int64_t n, int m, int64_t parts,
+                                                  const NormFusion& f, float (*sums)[16]) {
+  const int g = lane / 4, t = lane % 4;
+  const auto* gain = static_cast<const __nv_bfloat16*>(f.gain);
+  auto* scaled = static_cast<__nv_bfloat16*>(f.scaled);
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int xr = 2 * t + e + 8 * j;
+      float sq = 0.f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t o = tile * 16 * MT + warp * 16 + g + 8 * h;
+        if (xr < m && o < n) {
+          const float v = c[j][e + 2 * h];
+          const float sum = bf(__bfloat162float(resid[j][e + 2 * h]) + bf(bias ? v + __bfloat162float(bias[o]) : v));
+          y[xr * ldy + o] = __float2bfloat16(sum);
+          scaled[xr * ldy + o] = __float2bfloat16(sum * __bfloat162float(gain[o]));
+          sq += sum * sum;
+        }
+      }
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+      if (g == 0) sums[warp][xr] = sq;
+    }
+  tma::consumers_sync(MT * 32);
+  if (threadIdx.x < 16 && static_cast<int>(threadIdx.x) < m) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < MT; ++w) s += sums[w][threadIdx.x];
+    f.partial_out[threadIdx.x * norm_fusion_stride(parts) + tile] = s;
+  }
+  tma::consumers_sync(MT * 32);
+}
+
+}  // namespace norm_fusion
 
 // wmap: W [N, K] with boxes of 16 MT rows (plain) or 8 MT rows (SwiGLU: W packs gate rows
 // [0, N/2) over up rows [N/2, N); a tile's 8 MT gate rows come first, then its up rows, and
 // warp w takes gate rows 8w.. and up rows 8 MT + 8w.., so lane (g, t) holds gate and up of the
 // same output in c[.][e] and c[.][e + 2]). xmap: x [M, K], boxes of 16 rows (rows >= M read as
-// zeros). y [M, ldy]; 1 <= M <= 16; K % 8 == 0 (columns past K read as zeros).
+// zeros). y [M, ldy]; 1 <= M <= 16; K % 8 == 0 (columns past K read as zeros). fuse: the
+// residual add + RMSNorm between two projections (NormFusion), where its pointers are set.
 template <int MT, int BK, int S, SkinnyOut kOut>
 __global__ void __launch_bounds__((MT + 1) * 32)
     skinny_tma_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap,
                       const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t ldy, int64_t n,
-                      int64_t k, int m, const void* warm, int64_t warm_bytes) {
+                      int64_t k, int m, const void* warm, int64_t warm_bytes, const NormFusion fuse) {
   static_assert(BK % 64 == 0, "whole 64-column boxes");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
@@ -129,6 +247,7 @@ __global__ void __launch_bounds__((MT + 1) * 32)
   const uint32_t raw = tma::smem_addr(smem_raw), smem0 = (raw + 1023) & ~1023u;  // swizzle atoms: 1 KiB
   uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (smem0 - raw) + S * kStageBytes);
   uint64_t* empty = full + S;
+  float* norm_parts = reinterpret_cast<float*>(smem_raw + (smem0 - raw) + S * kStageBytes + 16 * S);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t inter = n / 2, outs = kSwiGLU ? inter : n;
   const int64_t tiles = (outs + kOutsPerTile - 1) / kOutsPerTile, chunks = (k + BK - 1) / BK;  // columns past K read as zeros
@@ -169,6 +288,11 @@ __global__ void __launch_bounds__((MT + 1) * 32)
       const int64_t head = min(static_cast<int64_t>(S), steps);
       for (int64_t q = 0; q < head; ++q) issue(q, true, false);
       grid_dependency_wait();  // x is the previous kernel's output
+      if (fuse.partial_in && steps > 0) {  // so are the partial sums: they land with stage 0
+        const uint32_t bytes = 16 * norm_fusion_stride(fuse.parts_in) * sizeof(float);
+        tma::barrier_expect_more(&full[0], bytes);
+        tma::copy_bulk(tma::smem_addr(norm_parts), fuse.partial_in, bytes, &full[0]);
+      }
       for (int64_t q = 0; q < head; ++q) issue(q, false, true);
       for (int64_t q = S; q < steps; ++q) {
         tma::barrier_wait(&empty[q % S], static_cast<uint32_t>((q / S - 1) & 1));
@@ -182,10 +306,18 @@ __global__ void __launch_bounds__((MT + 1) * 32)
     const int ar = lane % 8 + (lane / 8 % 2) * 8;
     const int a_row = kSwiGLU ? (ar < 8 ? warp * 8 + ar : 8 * MT + warp * 8 + ar - 8) : warp * 16 + ar;
     const int a_hi = lane / 16, b_row = lane % 8 + (lane / 16) * 8, b_hi = lane / 8 % 2;
+    // The fused RMSNorm (NormFusion): a projection that ends a sub-block reads the residual
+    // stream, which earlier kernels wrote; one that starts a sub-block gets the rows' partial
+    // sums with stage 0.
+    const bool ends_block = !kSwiGLU && fuse.partial_out != nullptr, starts_block = fuse.partial_in != nullptr;
+    __shared__ float inv_rms[16], warp_sums[MT][16];
+    if (ends_block) grid_dependency_wait();
     int64_t q = 0;
     for (int64_t i = 0; i < my_tiles; ++i) {
       const int64_t tile = blockIdx.x + i * gridDim.x;
       float c[2][4] = {};
+      __nv_bfloat16 resid[2][4];
+      if (ends_block) norm_fusion::load_resid<MT>(resid, tile, warp, lane, y, ldy, n, m);
       for (int64_t ch = 0; ch < chunks; ++ch, ++q) {
         const int stage = static_cast<int>(q % S);
         tma::barrier_wait(&full[stage], static_cast<uint32_t>((q / S) & 1));
@@ -204,22 +336,28 @@ __global__ void __launch_bounds__((MT + 1) * 32)
         if (lane == 0) tma::barrier_arrive(&empty[stage]);
       }
       // c[j][e]: A row g (e < 2) or g + 8 of this warp's tile, x row 2t + (e & 1) + 8j.
+      if (ends_block) {
+        norm_fusion::residual_epilogue<MT>(c, resid, tile, warp, lane, bias, y, ldy, n, m, tiles, fuse, warp_sums);
+        continue;
+      }
+      if (starts_block && i == 0) norm_fusion::row_inv_rms<MT>(fuse, m, norm_parts, inv_rms);
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int xr = 2 * t + e + 8 * j;
           if (xr >= m) continue;
+          const float r = starts_block ? inv_rms[xr] : 1.f;  // x W^T of RMSNorm's rows: exact when 1
           if constexpr (kSwiGLU) {
             const int64_t out = tile * kOutsPerTile + warp * 8 + g;
             if (out >= outs) continue;
-            const float gb = bf(c[j][e]), ub = bf(c[j][e + 2]);
+            const float gb = bf(c[j][e] * r), ub = bf(c[j][e + 2] * r);
             y[xr * ldy + out] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
           } else {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int64_t o = tile * kOutsPerTile + warp * 16 + g + 8 * h;
-              const float v = c[j][e + 2 * h];
+              const float v = c[j][e + 2 * h] * r;
               if (o < n) y[xr * ldy + o] = __float2bfloat16(bias ? v + __bfloat162float(bias[o]) : v);
             }
           }

@@ -44,6 +44,11 @@ bool& pdl_flag() {
   return on;
 }
 
+bool& norm_fusion_flag() {
+  static bool on = !env_is("GMSA_DECODE_NORM_FUSION", "0");
+  return on;
+}
+
 int64_t& warm_limit() {
   static int64_t bytes = [] {
     const char* v = std::getenv("GMSA_DECODE_WARM_MIB");
@@ -83,6 +88,8 @@ Projection parse_projection(const std::string& name) {
 bool programmatic_launch() { return enabled() && pdl_flag(); }
 void set_programmatic_launch(bool on) { pdl_flag() = on; }
 int64_t warm_bytes() { return warm_limit(); }
+bool norm_fusion() { return norm_fusion_flag() && projection() != Projection::kCublas && tma_projection(); }
+void set_norm_fusion(bool on) { norm_fusion_flag() = on; }
 void set_warm_bytes(int64_t bytes) { warm_limit() = std::max<int64_t>(bytes, 0); }
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
@@ -231,6 +238,90 @@ torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up
   return y;
 }
 
+namespace {
+
+// Rows and alignment the fused projections take: 9-16 contiguous bf16 rows of K % 32 == 0.
+bool fusable_rows(const torch::Tensor& t) {
+  return bf16_cuda({&t}) && t.dim() == 2 && t.is_contiguous() && aligned16(t.data_ptr()) && t.size(0) >= 9 &&
+         t.size(0) <= kernels::kSkinnyMaxRows && t.size(1) % 32 == 0;
+}
+
+bool fusable_weight(const torch::Tensor& w, int64_t k, const torch::Tensor& bias, const torch::Device& on) {
+  return bf16_cuda({&w}) && w.device() == on && w.dim() == 2 && w.is_contiguous() && aligned16(w.data_ptr()) &&
+         w.size(1) == k &&
+         (!bias.defined() || (bf16_cuda({&bias}) && bias.is_contiguous() && bias.numel() == w.size(0)));
+}
+
+// Partial sums of squares for `parts` parts: 16 rows (the kernel copies them whole).
+torch::Tensor partial_buffer(int64_t parts, const torch::Tensor& like) {
+  return torch::empty({16, kernels::norm_fusion_stride(parts)}, like.options().dtype(torch::kFloat));
+}
+
+bool gain_of(const torch::Tensor& gain, int64_t cols, const torch::Tensor& like) {
+  return bf16_cuda({&gain}) && gain.device() == like.device() && gain.is_contiguous() && aligned16(gain.data_ptr()) &&
+         gain.numel() == cols;
+}
+
+}  // namespace
+
+bool norm_fusion_fits(int64_t hidden) { return kernels::norm_fusion_parts(hidden) <= kernels::kNormMaxParts; }
+
+NormedInput rms_partials(const torch::Tensor& h, const torch::Tensor& gain, double eps) {
+  if (!norm_fusion() || !fusable_rows(h) || !gain_of(gain, h.size(1), h)) return {};
+  c10::cuda::CUDAGuard guard(h.device());
+  NormedInput r{torch::empty_like(h), partial_buffer(1, h), 1, eps};
+  kernels::rms_partials_bf16(h.data_ptr(), gain.data_ptr(), r.scaled.data_ptr(), r.partial.data_ptr<float>(),
+                             h.size(0), h.size(1), on_stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return r;
+}
+
+NormedInput residual_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                            torch::Tensor& resid, const torch::Tensor& gain, double eps, const torch::Tensor& warm) {
+  if (!norm_fusion() || !fusable_rows(x) || !fusable_weight(w, x.size(1), bias, x.device()) || !fusable_rows(resid) ||
+      resid.device() != x.device() || resid.size(0) != x.size(0) || resid.size(1) != w.size(0) ||
+      !gain_of(gain, w.size(0), x))
+    return {};
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
+  const int64_t parts = kernels::norm_fusion_parts(N);
+  if (parts > kernels::kNormMaxParts) return {};
+  NormedInput r{torch::empty_like(resid), partial_buffer(parts, x), parts, eps};
+  kernels::NormFusion fuse;
+  fuse.partial_out = r.partial.data_ptr<float>();
+  fuse.gain = gain.data_ptr();
+  fuse.scaled = r.scaled.data_ptr();
+  if (!kernels::skinny_gemm_fused_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr,
+                                       resid.data_ptr(), N, M, N, K, /*swiglu=*/false, fuse, on_stream(warm)))
+    return {};
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return r;
+}
+
+torch::Tensor normed_linear(const NormedInput& in, const torch::Tensor& w, const torch::Tensor& bias, bool swiglu,
+                            const torch::Tensor& warm) {
+  const auto& x = in.scaled;
+  if (!norm_fusion() || !in.defined() || !fusable_rows(x) || !fusable_weight(w, x.size(1), bias, x.device()) ||
+      (swiglu && (bias.defined() || w.size(0) % 2 != 0)) || in.parts < 1 || in.parts > kernels::kNormMaxParts ||
+      !in.partial.is_cuda() || in.partial.device() != x.device() || in.partial.scalar_type() != torch::kFloat ||
+      !in.partial.is_contiguous() || !aligned16(in.partial.data_ptr()) ||
+      in.partial.sizes() != torch::IntArrayRef({16, kernels::norm_fusion_stride(in.parts)}))
+    return {};
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.size(0), N = w.size(0), K = x.size(1), outs = swiglu ? N / 2 : N;
+  auto y = torch::empty({M, outs}, x.options());
+  kernels::NormFusion fuse;
+  fuse.partial_in = in.partial.data_ptr<float>();
+  fuse.parts_in = in.parts;
+  fuse.cols = K;
+  fuse.eps = static_cast<float>(in.eps);
+  if (!kernels::skinny_gemm_fused_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr,
+                                       y.data_ptr(), outs, M, N, K, swiglu, fuse, on_stream(warm)))
+    return {};
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
 StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
                      const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim) {
   if (!enabled() || !bf16_cuda({&embed}) || embed.dim() != 2 || !embed.is_contiguous() || embed.size(1) % 8 != 0 ||
@@ -303,6 +394,16 @@ StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Te
   return {};
 }
 bool step_end(torch::Tensor&, torch::Tensor&) { return false; }
+bool norm_fusion_fits(int64_t) { return false; }
+NormedInput rms_partials(const torch::Tensor&, const torch::Tensor&, double) { return {}; }
+NormedInput residual_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, torch::Tensor&,
+                            const torch::Tensor&, double, const torch::Tensor&) {
+  return {};
+}
+torch::Tensor normed_linear(const NormedInput&, const torch::Tensor&, const torch::Tensor&, bool,
+                            const torch::Tensor&) {
+  return {};
+}
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&,
                                                      const torch::Tensor&, double) {
   return {};

@@ -1,6 +1,7 @@
 #include "gmsa/model/decode_step.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "gmsa/model/compat.h"
 #include "gmsa/model/decode_ops.h"
@@ -57,6 +58,7 @@ DecodeStep::DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& pro
   auto& inv_freq = dec_->inv_freq;
   if (inv_freq.device() != device) inv_freq = inv_freq.to(device);
   fast_ = kernels_apply();
+  fuse_norms_ = fast_ && norm_fusion_applies();
   if (fast_) arrivals_ = torch::zeros({B * dec_->config().num_attention_heads}, longs.dtype(torch::kInt));
 }
 
@@ -84,9 +86,30 @@ bool DecodeStep::kernels_apply() const {
   return true;
 }
 
+bool DecodeStep::norm_fusion_applies() const {
+  const auto& mc = dec_->config();
+  const int64_t B = tokens_.size(0);
+  if (!decode_ops::norm_fusion() || B < 9 || B > 16 || mc.hidden_size % 32 != 0 || mc.intermediate_size % 32 != 0 ||
+      !decode_ops::norm_fusion_fits(mc.hidden_size))
+    return false;
+  auto usable = [](const torch::Tensor& w) {  // read 16 bytes at a time
+    return w.is_contiguous() && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0;
+  };
+  auto body = dec_->model;
+  if (!usable(body->norm->weight)) return false;
+  for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
+    auto layer = body->layer(i);
+    if (layer->mlp->packed_gate_up().bias.defined() || !usable(layer->input_layernorm->weight) ||
+        !usable(layer->post_attention_layernorm->weight))
+      return false;
+  }
+  return true;
+}
+
 // The kernels' preconditions were checked when the step was built; an undefined result here
 // means something changed since.
-static torch::Tensor checked(torch::Tensor t, const char* what) {
+template <typename T>
+static T checked(T t, const char* what) {
   GMSA_CHECK(t.defined(), "decode step: the {} kernel no longer applies to this model", what);
   return t;
 }
@@ -109,16 +132,39 @@ torch::Tensor DecodeStep::forward_kernels() {
   auto allowed = key_mask_;
   if (mc.sliding_window) allowed = allowed.logical_and(columns_ > slot_ - *mc.sliding_window);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  // The residual stream and the sub-block output still to be added to it: each add is fused
-  // with the RMSNorm that follows it.
-  torch::Tensor delta, normed = body->layer(0)->input_layernorm(resid);
+  // Each sub-block starts with an RMSNorm and ends with an add into the residual stream. Unfused,
+  // the add is one launch with the next RMSNorm (add_norm); fused, the projections around them
+  // carry both (decode_ops::norm_fusion) and `in` is the next RMSNorm's input in their form.
+  torch::Tensor delta, normed;
+  decode_ops::NormedInput in;
+  auto layer0_norm = body->layer(0)->input_layernorm;
+  if (fuse_norms_)
+    in = checked(decode_ops::rms_partials(resid, layer0_norm->weight, layer0_norm->eps), "RMSNorm partials");
+  else
+    normed = layer0_norm(resid);
   auto add_norm = [&](const RMSNorm& norm) {
     auto [h, n] = decode_ops::add_rms_norm(resid, delta, norm->weight, norm->eps);
     resid = checked(h, "add + RMSNorm");
     normed = n;
   };
+  // x W^T + bias into the residual stream, then the next RMSNorm (weight of `next`).
+  auto end_block = [&](const torch::Tensor& x, const Linear& proj, const RMSNorm& next, const torch::Tensor& warm) {
+    if (fuse_norms_) {
+      in = checked(decode_ops::residual_linear(x, proj->weight, proj->bias, resid, next->weight, next->eps, warm),
+                   "residual projection");
+      return;
+    }
+    delta = decode_ops::linear(x, proj->weight, proj->bias, warm);
+    add_norm(next);
+  };
+  // The normed rows times w (+ bias).
+  auto start_block = [&](const torch::Tensor& w, const torch::Tensor& bias, const torch::Tensor& warm) {
+    if (fuse_norms_)
+      return checked(decode_ops::normed_linear(in, w, bias, /*swiglu=*/false, warm), "normed projection");
+    return decode_ops::linear(normed, w, bias, warm);
+  };
   const auto& head_w = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
-  const auto head = head_w.to(normed.scalar_type());
+  const auto head = head_w.to(resid.scalar_type());
   // Each weight-reading kernel warms the next weights in L2 (decode_ops::warm_bytes): attention
   // o_proj's, o_proj gate/up's, gate/up down's, down the next layer's q/k/v (the last one the
   // LM head's) and the LM head layer 0's, for the next step. The q/k/v projection warms
@@ -129,29 +175,30 @@ torch::Tensor DecodeStep::forward_kernels() {
     auto layer = body->layer(i);
     auto& attn = layer->self_attn;
     auto& mlp = layer->mlp;
-    if (i > 0) add_norm(layer->input_layernorm);
     auto gu_w = mlp->packed_gate_up();
-    const auto next_qkv =
-        i + 1 < mc.num_hidden_layers ? body->layer(i + 1)->self_attn->packed_qkv() : PackedProjections{};
-    auto qkv = decode_ops::linear(normed, qkv_w.weight, qkv_w.bias);
+    const bool last = i + 1 == mc.num_hidden_layers;
+    const auto next_qkv = last ? PackedProjections{} : body->layer(i + 1)->self_attn->packed_qkv();
+    auto qkv = start_block(qkv_w.weight, qkv_w.bias, {});
     auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
                                                mc.num_key_value_heads), "RoPE + KV store");
     auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_,
                                            /*after_kv_store=*/true, attn->o_proj->weight), "attention");
-    delta = decode_ops::linear(a, attn->o_proj->weight, attn->o_proj->bias, gu_w.weight);
-    add_norm(layer->post_attention_layernorm);
+    end_block(a, attn->o_proj, layer->post_attention_layernorm, gu_w.weight);
     const auto& down = mlp->down_proj;
-    auto h = gu_w.bias.defined() ? torch::Tensor() : decode_ops::swiglu_linear(normed, gu_w.weight, down->weight);
+    torch::Tensor h;
+    if (fuse_norms_)
+      h = checked(decode_ops::normed_linear(in, gu_w.weight, {}, /*swiglu=*/true, down->weight), "normed SwiGLU");
+    else if (!gu_w.bias.defined())
+      h = decode_ops::swiglu_linear(normed, gu_w.weight, down->weight);
     if (!h.defined()) {  // cuBLAS (or a bias): the product, then the fused SwiGLU
       auto gu = decode_ops::linear(normed, gu_w.weight, gu_w.bias);
       const int64_t I = gu.size(-1) / 2;
       h = checked(fused::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), "SwiGLU");
     }
-    delta = decode_ops::linear(h, down->weight, down->bias, next_qkv.defined() ? next_qkv.weight : head);
+    end_block(h, down, last ? body->norm : body->layer(i + 1)->input_layernorm, last ? head : next_qkv.weight);
     qkv_w = next_qkv;
   }
-  add_norm(body->norm);
-  auto logits = decode_ops::linear(normed, head, {}, first_qkv.weight).to(torch::kFloat);
+  auto logits = start_block(head, {}, first_qkv.weight).to(torch::kFloat);
   if (!decode_ops::step_end(positions_, slot_)) {
     positions_.add_(1);
     slot_.add_(1);

@@ -44,6 +44,34 @@ constexpr int64_t kMaxWarmMiB = int64_t{1} << 20;
 int64_t warm_bytes();
 void set_warm_bytes(int64_t bytes);
 
+// The residual add + RMSNorm between two projections carried by the projections themselves at
+// 9-16 rows (kernels::NormFusion, no launch between them): applies where tma_projection() and
+// projection() is not kCublas, unless switched off here or by GMSA_DECODE_NORM_FUSION=0 at
+// start-up. Only roundings differ from add_rms_norm then linear (the tests bound them).
+bool norm_fusion();
+void set_norm_fusion(bool on);
+// Whether it serves a model of this hidden size (a kernel limit on the partial sums per row).
+bool norm_fusion_fits(int64_t hidden);
+// An RMSNorm's input in that form: scaled = bf16(h * gain) [rows, H] (bf16) and partial
+// [16, stride] (fp32, stride a multiple of 4), whose first `parts` columns hold the sums of
+// squares of h's rows over parts of the columns (rows >= `rows` unused); eps the norm's.
+struct NormedInput {
+  torch::Tensor scaled, partial;
+  int64_t parts = 0;
+  double eps = 0.0;
+  bool defined() const { return scaled.defined(); }
+};
+// The first sub-block's input: h [rows, H] (the embeddings), RMSNorm weight gain [H].
+NormedInput rms_partials(const torch::Tensor& h, const torch::Tensor& gain, double eps);
+// Ends a sub-block: resid [rows, N] += x W^T + bias in place (rounded as linear, then the add),
+// and returns the next RMSNorm's input (weight gain [N], eps).
+NormedInput residual_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                            torch::Tensor& resid, const torch::Tensor& gain, double eps,
+                            const torch::Tensor& warm = {});
+// Starts one: RMSNorm(h) W^T (+ bias), or with swiglu silu(gate) * up for a packed gate_up.
+torch::Tensor normed_linear(const NormedInput& in, const torch::Tensor& w, const torch::Tensor& bias, bool swiglu,
+                            const torch::Tensor& warm = {});
+
 // {h, normed}: h = x + y, normed = RMSNorm(h) with weight w. x, y [rows, H] contiguous.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
                                                      const torch::Tensor& w, double eps);

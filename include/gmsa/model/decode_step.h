@@ -33,6 +33,8 @@ class DecodeStep {
   bool graphed() const { return graph_ != nullptr; }
   // Whether the step runs the decoding kernels (decode_ops.h) rather than the layers' forward.
   bool uses_decode_kernels() const { return fast_; }
+  // Whether its residual adds and RMSNorms ride in the projections (decode_ops::norm_fusion).
+  bool fuses_norms() const { return fuse_norms_; }
   // Whether this LibTorch build can record CUDA graphs.
   static bool graphs_available();
 
@@ -41,9 +43,10 @@ class DecodeStep {
   // The same step through the decoding kernels: packed q/k/v and gate/up GEMVs, RoPE fused with
   // the cache store, split-KV attention that merges its splits itself, each residual add fused
   // with the next RMSNorm, SwiGLU in the gate/up GEMV's epilogue: 8 launches per layer instead
-  // of ~18.
+  // of ~18; 6 where the add + RMSNorm moves into the projections around it (9-16 rows).
   torch::Tensor forward_kernels();
   bool kernels_apply() const;
+  bool norm_fusion_applies() const;
 
   Decoder dec_;
   KVCache& cache_;
@@ -58,6 +61,7 @@ class DecodeStep {
   std::unique_ptr<Graph> graph_;
   bool want_graph_;
   bool fast_ = false;
+  bool fuse_norms_ = false;
 };
 
 }  // namespace gmsa
