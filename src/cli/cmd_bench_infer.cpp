@@ -65,6 +65,9 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
                   "tensor-core skinny GEMM for 1-16 rows); default: GMSA_DECODE_GEMV or auto")
       ->check(CLI::IsMember({"auto", "cublas", "tc"}));
   sub->add_flag("!--no-pdl", o.pdl, "Launch the decoding kernels without programmatic dependent launch");
+  sub->add_flag("!--no-norm-fusion", o.norm_fusion,
+                "At 9-16 rows, launch each residual add + RMSNorm on its own instead of inside the projections "
+                "around it (also GMSA_DECODE_NORM_FUSION=0)");
   sub->add_option("--warm-mib", o.warm_mib,
                   "MiB of the next projection's weights each decoding kernel fetches into L2 when done (0: off); "
                   "default: GMSA_DECODE_WARM_MIB or 8")

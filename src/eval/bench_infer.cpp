@@ -227,7 +227,9 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   fused::set_enabled(opts.fused_kernels);
   decode_ops::set_enabled(opts.decode_kernels);
   if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
-  decode_ops::set_programmatic_launch(opts.pdl);
+  // Switched off only: the environment's GMSA_DECODE_PDL / _NORM_FUSION stand otherwise.
+  if (!opts.pdl) decode_ops::set_programmatic_launch(false);
+  if (!opts.norm_fusion) decode_ops::set_norm_fusion(false);
   // (warm_bytes() reads GMSA_DECODE_WARM_MIB: a bad value fails here, before any timing.)
   if (opts.warm_mib >= 0) decode_ops::set_warm_bytes(opts.warm_mib << 20);
   else decode_ops::warm_bytes();
@@ -287,6 +289,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"gemv", decode_ops::projection_name(decode_ops::projection())},
       {"tma_projection", decode_ops::tma_projection()},
       {"programmatic_launch", decode_ops::programmatic_launch()},
+      {"norm_fusion", decode_ops::norm_fusion()},
       {"warm_bytes", decode_ops::warm_bytes()},
       {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},

@@ -31,7 +31,8 @@ struct BenchInferOptions {
   bool fused_kernels = true;   // fused RMSNorm / RoPE / SwiGLU kernels where they apply
   bool decode_kernels = true;  // the decoding step's kernels (decode_ops.h) where they apply
   std::string gemv;            // decode_ops::Projection by name (auto | cublas | tc); empty: as is
-  bool pdl = true;             // programmatic dependent launch of the decoding kernels
+  bool pdl = true;             // programmatic dependent launch of the decoding kernels (false: off)
+  bool norm_fusion = true;     // add + RMSNorm in the projections at 9-16 rows (false: off)
   int64_t warm_mib = -1;       // decode_ops::set_warm_bytes in MiB; negative: as is
   bool merge_lora = true;      // fold the encoder's LoRA into private weights (Encoder::merge_lora)
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
