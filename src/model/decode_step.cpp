@@ -90,18 +90,25 @@ bool DecodeStep::norm_fusion_applies() const {
   const auto& mc = dec_->config();
   const int64_t B = tokens_.size(0);
   if (!decode_ops::norm_fusion() || B < 9 || B > 16 || mc.hidden_size % 32 != 0 || mc.intermediate_size % 32 != 0 ||
-      !decode_ops::norm_fusion_fits(mc.hidden_size))
+      mc.q_dim() % 32 != 0 || !decode_ops::norm_fusion_fits(mc.hidden_size))
     return false;
-  auto usable = [](const torch::Tensor& w) {  // read 16 bytes at a time
-    return w.is_contiguous() && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0;
+  // Every tensor the fused projections read, as their kernels take them (16-byte accesses):
+  // otherwise a call would find its kernel inapplicable in the middle of the step.
+  auto usable = [](const torch::Tensor& w) {
+    return !w.defined() || (w.is_contiguous() && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0);
   };
   auto body = dec_->model;
-  if (!usable(body->norm->weight)) return false;
+  const auto& head = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
+  if (!usable(body->norm->weight) || !usable(head)) return false;
   for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
     auto layer = body->layer(i);
-    if (layer->mlp->packed_gate_up().bias.defined() || !usable(layer->input_layernorm->weight) ||
-        !usable(layer->post_attention_layernorm->weight))
-      return false;
+    auto qkv = layer->self_attn->packed_qkv(), gate_up = layer->mlp->packed_gate_up();
+    const auto& o = layer->self_attn->o_proj;
+    const auto& down = layer->mlp->down_proj;
+    for (const auto& t : {layer->input_layernorm->weight, layer->post_attention_layernorm->weight, qkv.weight,
+                          qkv.bias, gate_up.weight, o->weight, o->bias, down->weight, down->bias})
+      if (!usable(t)) return false;
+    if (gate_up.bias.defined()) return false;  // no bias in the SwiGLU epilogue
   }
   return true;
 }
