@@ -598,6 +598,19 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
   return true;
 }
 
+// The TMA-fed kernel's configuration for an n-row weight (skinny_gemm_sweep.cu and the decoding
+// step, H100): tall matrices with 4 consumer warps and 128-column stages 8 deep, the others with
+// 2 warps and 256-column stages 6 deep.
+int tma_consumer_warps(int64_t n) { return n >= kSkinnyTallRows ? 4 : 2; }
+
+bool launch_skinny_tma_for(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy,
+                           int64_t m, int64_t n, int64_t k, bool swiglu, const Launch& on,
+                           const NormFusion& fuse = {}) {
+  if (tma_consumer_warps(n) == 4)
+    return launch_skinny_tma<4, 128, 8>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
+  return launch_skinny_tma<2, 256, 6>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
+}
+
 }  // namespace
 
 void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
@@ -737,7 +750,7 @@ bool skinny_gemm_preferred(int64_t m, int64_t n) {
 }
 
 int64_t norm_fusion_parts(int64_t n) {  // one per tile of 16 MT outputs (plain output)
-  const int64_t mt = n >= kSkinnyTallRows ? 4 : 2;
+  const int64_t mt = tma_consumer_warps(n);
   return (n + 16 * mt - 1) / (16 * mt);
 }
 
@@ -752,9 +765,7 @@ bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const voi
   const auto* xp = static_cast<const bf16*>(x);
   const auto* bp = static_cast<const bf16*>(bias);
   auto* yp = static_cast<bf16*>(y);
-  // The configurations of skinny_gemm_bf16 (norm_fusion_parts follows them).
-  return n >= kSkinnyTallRows ? launch_skinny_tma<4, 128, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on, fuse)
-                              : launch_skinny_tma<2, 256, 6>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on, fuse);
+  return launch_skinny_tma_for(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on, fuse);
 }
 
 void rms_partials_bf16(const void* h, const void* gain, void* scaled, float* partial, int64_t rows, int64_t cols,
@@ -775,15 +786,11 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
   auto* yp = static_cast<bf16*>(y);
   // From scripts/bench/skinny_gemm_sweep.cu and the decoding step (H100): up to 8 rows, one
   // 8-column MMA tile. 9 to 16 rows: the TMA-fed kernel, whose first stages of weights are copied
-  // while the previous kernel still runs; tall matrices with 4 consumer warps and 128-column
-  // stages 8 deep, the others with 2 warps and 256-column stages 6 deep. Without TMA: tall
+  // while the previous kernel still runs (configuration: launch_skinny_tma_for). Without TMA: tall
   // matrices 32 weight rows per warp, others 16 rows per block with 16 warps (more blocks to
   // spread over the multiprocessors). Register-fed weight loads prefetch 256 B into L2.
   if (m <= 8) return launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
-  if (skinny_tma_supported() && (n >= kSkinnyTallRows
-                                     ? launch_skinny_tma<4, 128, 8>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)
-                                     : launch_skinny_tma<2, 256, 6>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)))
-    return;
+  if (skinny_tma_supported() && launch_skinny_tma_for(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)) return;
   if (n >= kSkinnyTallRows) return launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
 }

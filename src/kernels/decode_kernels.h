@@ -115,8 +115,8 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
 // ends a sub-block and r with the one that starts the next, which sees the row's sum of squares
 // only as partial sums. Ends one (partial_out set, plain output): y is the residual stream h,
 // updated in place, h = bf16(h + bf16(x W^T + bias)) as the separate add rounds it; scaled
-// [M, ldy] = bf16(h * gain) is the next projection's x; partial_out [16, norm_fusion_parts(n)]
-// gets the rows' sums of squares of h over parts of the columns. Starts one (partial_in set):
+// [M, ldy] = bf16(h * gain) is the next projection's x; partial_out [16, stride] gets the rows'
+// sums of squares of h over norm_fusion_parts(n) parts of the columns. Starts one (partial_in set):
 // x is that `scaled`, and each output is r * (x W^T) before its rounding (and before SwiGLU),
 // r from the parts_in partial sums of each row over `cols` columns. Against the separate ops
 // only roundings differ: h * g is rounded once to bf16 where RMSNorm rounds h * r, then
@@ -142,7 +142,8 @@ constexpr int64_t kNormMaxParts = kNormPartBytes / (16 * 4);
 bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy,
                             int64_t m, int64_t n, int64_t k, bool swiglu, const NormFusion& fuse, const Launch& on);
 // The first sub-block's input in the same form: scaled = bf16(h * gain) and partial [16, 4]
-// with one part, the rows' sums of squares, for h [rows, cols] (bf16, contiguous, cols % 8 == 0, 16-byte aligned).
+// with one part, the rows' sums of squares, for h [rows <= 16, cols] (bf16, contiguous,
+// cols % 8 == 0, 16-byte aligned).
 void rms_partials_bf16(const void* h, const void* gain, void* scaled, float* partial, int64_t rows, int64_t cols,
                        const Launch& on);
 
