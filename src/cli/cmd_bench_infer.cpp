@@ -70,7 +70,8 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
                 "around it (also GMSA_DECODE_NORM_FUSION=0)");
   sub->add_option("--warm-mib", o.warm_mib,
                   "MiB of the next projection's weights each decoding kernel fetches into L2 when done (0: off); "
-                  "default: GMSA_DECODE_WARM_MIB or 8")
+                  "not at 9-16 rows, where the TMA-fed projections fetch their own first weights "
+                  "(decode_ops::warms_l2); default: GMSA_DECODE_WARM_MIB or 8")
       ->check(CLI::Range(int64_t{0}, gmsa::decode_ops::kMaxWarmMiB));
   sub->add_option("--json", a->json, "Write the full report (every sample) here");
   sub->callback([a] { run(*a); });

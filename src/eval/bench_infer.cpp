@@ -291,6 +291,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"programmatic_launch", decode_ops::programmatic_launch()},
       {"norm_fusion", decode_ops::norm_fusion()},
       {"warm_bytes", decode_ops::warm_bytes()},
+      {"l2_warming", device.is_cuda() && decode_ops::enabled() && decode_ops::warms_l2(opts.batch)},
       {"merge_lora", opts.merge_lora},
       {"batch", opts.batch},
       {"context_tokens", opts.context_tokens},

@@ -102,9 +102,10 @@ bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
   return true;
 }
 
-kernels::Launch on_stream(const torch::Tensor& warm = {}) {
+// `rows`: the rows of the step, which the projection that reads `warm` has too.
+kernels::Launch on_stream(const torch::Tensor& warm = {}, int64_t rows = 0) {
   kernels::Launch on{c10::cuda::getCurrentCUDAStream(), programmatic_launch()};
-  if (warm.defined() && warm.is_cuda() && warm.is_contiguous())
+  if (warm.defined() && warm.is_cuda() && warm.is_contiguous() && warms_l2(rows))
     on.warm = {warm.data_ptr(), std::min<int64_t>(warm.nbytes(), warm_bytes())};
   return on;
 }
@@ -169,13 +170,19 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
   kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
                                  slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
                                  workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D, capacity, splits,
-                                 static_cast<float>(scale), after_kv_store, on_stream(warm));
+                                 static_cast<float>(scale), after_kv_store, on_stream(warm, B));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
 bool tma_projection() { return enabled() && kernels::skinny_tma_supported(); }
+
+bool warms_l2(int64_t rows) {
+  const bool tma_fed = rows >= 9 && rows <= kernels::kSkinnyMaxRows && tma_projection() &&
+                       projection() != Projection::kCublas;
+  return warm_bytes() > 0 && !tma_fed;
+}
 
 namespace {
 
@@ -215,10 +222,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const int64_t N = w.size(0), K = w.size(1), M = x.numel() / K;
   auto y = output_like(x, N);
   if (kernel == Kernel::kGemv)
-    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/false, on_stream(warm));
+    kernels::gemv_bf16(w.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/false, on_stream(warm, M));
   else
     kernels::skinny_gemm_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), N,
-                              M, N, K, /*swiglu=*/false, on_stream(warm));
+                              M, N, K, /*swiglu=*/false, on_stream(warm, M));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -230,10 +237,10 @@ torch::Tensor swiglu_linear(const torch::Tensor& x, const torch::Tensor& gate_up
   const int64_t N = gate_up.size(0), K = gate_up.size(1), M = x.numel() / K;
   auto y = output_like(x, N / 2);
   if (kernel == Kernel::kGemv)
-    kernels::gemv_bf16(gate_up.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/true, on_stream(warm));
+    kernels::gemv_bf16(gate_up.data_ptr(), x.data_ptr(), y.data_ptr(), N, K, /*swiglu=*/true, on_stream(warm, M));
   else
     kernels::skinny_gemm_bf16(gate_up.data_ptr(), x.data_ptr(), K, nullptr, y.data_ptr(), N / 2, M, N, K,
-                              /*swiglu=*/true, on_stream(warm));
+                              /*swiglu=*/true, on_stream(warm, M));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -292,7 +299,7 @@ NormedInput residual_linear(const torch::Tensor& x, const torch::Tensor& w, cons
   fuse.gain = gain.data_ptr();
   fuse.scaled = r.scaled.data_ptr();
   if (!kernels::skinny_gemm_fused_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr,
-                                       resid.data_ptr(), N, M, N, K, /*swiglu=*/false, fuse, on_stream(warm)))
+                                       resid.data_ptr(), N, M, N, K, /*swiglu=*/false, fuse, on_stream(warm, M)))
     return {};
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return r;
@@ -316,7 +323,7 @@ torch::Tensor normed_linear(const NormedInput& in, const torch::Tensor& w, const
   fuse.cols = K;
   fuse.eps = static_cast<float>(in.eps);
   if (!kernels::skinny_gemm_fused_bf16(w.data_ptr(), x.data_ptr(), K, bias.defined() ? bias.data_ptr() : nullptr,
-                                       y.data_ptr(), outs, M, N, K, swiglu, fuse, on_stream(warm)))
+                                       y.data_ptr(), outs, M, N, K, swiglu, fuse, on_stream(warm, M)))
     return {};
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -418,6 +425,7 @@ torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch:
 }
 bool attention_supports(int64_t) { return false; }
 bool tma_projection() { return false; }
+bool warms_l2(int64_t) { return false; }
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, const torch::Tensor&) {
   return torch::linear(x, w, bias);
 }

@@ -462,6 +462,26 @@ TEST(Cuda, SkinnyGemmMatchesFp32) {
   EXPECT_THROW(decode_ops::parse_projection("simt"), std::invalid_argument);
 }
 
+// L2 warming (a hint for the next projection) goes only where that projection is not the
+// TMA-fed kernel: it is off at 9-16 rows on sm_90, on at 1-8 rows, with cuBLAS projections and
+// above 16 rows, and off everywhere when warm_bytes() is 0.
+TEST(Cuda, L2WarmingSkipsTheTmaFedProjections) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  if (!decode_ops::tma_projection())
+    GTEST_SKIP() << "no TMA-fed projections on this GPU (sm_90 and later): nothing to skip the warming for";
+  const int64_t warm = decode_ops::warm_bytes();
+  ASSERT_GT(warm, 0);
+  for (int64_t rows : {1, 8, 17, 64}) EXPECT_TRUE(decode_ops::warms_l2(rows)) << rows;
+  for (int64_t rows : {9, 12, 16}) EXPECT_FALSE(decode_ops::warms_l2(rows)) << rows;
+  decode_ops::set_projection(decode_ops::Projection::kCublas);
+  EXPECT_TRUE(decode_ops::warms_l2(12));
+  decode_ops::set_projection(decode_ops::Projection::kAuto);
+  decode_ops::set_warm_bytes(0);
+  EXPECT_FALSE(decode_ops::warms_l2(1));
+  decode_ops::set_warm_bytes(warm);
+}
+
 // The residual add + RMSNorm carried by the projections around it (9-16 rows, TMA) against the
 // separate ops: the add and the next projection's rows bit for bit, the rows' sums of squares
 // in fp32; the normed projections (plain with a bias, SwiGLU, a tall weight) against fp32, also

@@ -403,6 +403,8 @@ TEST(BenchInfer, TinyRandomModelForcesNewTokens) {
   const auto rep = run_bench_infer(o);
   EXPECT_EQ(decode_ops::warm_bytes(), int64_t{3} << 20);
   decode_ops::set_warm_bytes(warm_before);
+  EXPECT_EQ(rep.setup.at("warm_bytes").get<int64_t>(), int64_t{3} << 20);
+  EXPECT_FALSE(rep.setup.at("l2_warming").get<bool>());  // a CPU run warms nothing
   ASSERT_EQ(rep.cases.size(), 2u);
   EXPECT_EQ(rep.cases[0].name, "original");
   EXPECT_EQ(rep.cases[1].name, "gmsa@4x");

@@ -43,6 +43,11 @@ constexpr int64_t kDefaultWarmBytes = int64_t{8} << 20;
 constexpr int64_t kMaxWarmMiB = int64_t{1} << 20;
 int64_t warm_bytes();
 void set_warm_bytes(int64_t bytes);
+// Whether the kernels of a step of `rows` rows warm the next weights: warm_bytes() > 0, and the
+// projection that reads them is not the TMA-fed kernel (9-16 rows where tma_projection() and
+// projection() is not kCublas), which copies its own first stages before it waits for the
+// previous kernel; warming L2 for it as well made the batch-16 step slower (docs/performance.md).
+bool warms_l2(int64_t rows);
 
 // The residual add + RMSNorm between two projections carried by the projections themselves at
 // 9-16 rows (kernels::NormFusion, no launch between them): applies where tma_projection() and
@@ -90,8 +95,8 @@ torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, 
 // rope_store_kv on the same stream (nothing launched between), so with programmatic launch the
 // kernel reads the cache's older columns while that one still runs.
 // warm (here and in linear, swiglu_linear): a contiguous weight whose first warm_bytes() bytes
-// the kernel fetches into L2 when done with its own loads; a hint for a later launch (cuBLAS
-// ignores it).
+// the kernel fetches into L2 when done with its own loads, where warms_l2(rows); a hint for a
+// later launch (cuBLAS ignores it).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
                         const torch::Tensor& arrivals = {}, bool after_kv_store = false,
