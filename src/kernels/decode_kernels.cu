@@ -600,7 +600,8 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
 
 // The TMA-fed kernel's configuration for an n-row weight (skinny_gemm_sweep.cu and the decoding
 // step, H100): tall matrices with 4 consumer warps and 128-column stages 8 deep, the others with
-// 2 warps and 256-column stages 6 deep.
+// 2 warps and 256-column stages 7 deep (6 until the step stopped warming L2 for these kernels:
+// 7 was then 0.05 ms per batch-16 step faster, 5 and 8 slower; docs/performance.md).
 int tma_consumer_warps(int64_t n) { return n >= kSkinnyTallRows ? 4 : 2; }
 
 bool launch_skinny_tma_for(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy,
@@ -608,7 +609,7 @@ bool launch_skinny_tma_for(const bf16* w, const bf16* x, int64_t ldx, const bf16
                            const NormFusion& fuse = {}) {
   if (tma_consumer_warps(n) == 4)
     return launch_skinny_tma<4, 128, 8>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
-  return launch_skinny_tma<2, 256, 6>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
+  return launch_skinny_tma<2, 256, 7>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
 }
 
 }  // namespace
