@@ -747,7 +747,7 @@ bool skinny_tma_supported() {
 }
 
 bool skinny_gemm_preferred(int64_t m, int64_t n) {
-  return n >= kSkinnyTallRows || (m > 8 && (n <= kSkinnyShortRows || skinny_tma_supported()));
+  return n >= kSkinnyTallRows || (m >= kSkinnyTmaMinRows && (n <= kSkinnyShortRows || skinny_tma_supported()));
 }
 
 int64_t norm_fusion_parts(int64_t n) {  // one per tile of 16 MT outputs (plain output)
@@ -757,7 +757,7 @@ int64_t norm_fusion_parts(int64_t n) {  // one per tile of 16 MT outputs (plain 
 
 bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const void* bias, void* y, int64_t ldy,
                             int64_t m, int64_t n, int64_t k, bool swiglu, const NormFusion& fuse, const Launch& on) {
-  if (m < 9 || m > kSkinnyMaxRows || n == 0 || k % 32 != 0 || (swiglu && fuse.partial_out) ||
+  if (m < kSkinnyTmaMinRows || m > kSkinnyMaxRows || n == 0 || k % 32 != 0 || (swiglu && fuse.partial_out) ||
       (fuse.partial_out && norm_fusion_parts(n) > kNormMaxParts) ||
       (fuse.partial_in && fuse.parts_in > kNormMaxParts) ||
       !skinny_tma_supported())
@@ -771,7 +771,7 @@ bool skinny_gemm_fused_bf16(const void* w, const void* x, int64_t ldx, const voi
 
 void rms_partials_bf16(const void* h, const void* gain, void* scaled, float* partial, int64_t rows, int64_t cols,
                        const Launch& on) {
-  if (rows == 0 || rows > 16) return;
+  if (rows == 0 || rows > kSkinnyMaxRows) return;
   launch(rms_partials_kernel, grid1(rows), 256, on, static_cast<const bf16*>(h), static_cast<const bf16*>(gain),
          static_cast<bf16*>(scaled), partial, cols);
 }
@@ -790,7 +790,7 @@ void skinny_gemm_bf16(const void* w, const void* x, int64_t ldx, const void* bia
   // while the previous kernel still runs (configuration: launch_skinny_tma_for). Without TMA: tall
   // matrices 32 weight rows per warp, others 16 rows per block with 16 warps (more blocks to
   // spread over the multiprocessors). Register-fed weight loads prefetch 256 B into L2.
-  if (m <= 8) return launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
+  if (m < kSkinnyTmaMinRows) return launch_skinny<1, 1, 8, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   if (skinny_tma_supported() && launch_skinny_tma_for(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on)) return;
   if (n >= kSkinnyTallRows) return launch_skinny<2, 2, 8, 1, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);
   launch_skinny<2, 1, 16, 2, 2>(wp, xp, ldx, bp, yp, ldy, m, n, k, swiglu, on);

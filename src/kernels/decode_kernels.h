@@ -89,6 +89,8 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
 // y [M, N/2] = silu(gate) * up. bias [N] or null (not with swiglu). K % 32 == 0, W, x and their
 // row strides 16-byte aligned.
 constexpr int64_t kSkinnyMaxRows = 16;
+// The fewest rows that take the TMA-fed kernel (up to kSkinnyMaxRows).
+constexpr int64_t kSkinnyTmaMinRows = 9;
 // Weights with at least this many rows ("tall": gate/up, the LM head of the 7B shape) give the
 // skinny GEMM enough tiles to beat cuBLAS at 2-16 rows on an H100; shorter ones do not, alone
 // (scripts/bench/skinny_gemm_sweep.cu). It also picks the kernel's tile configuration.

@@ -178,11 +178,12 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
 bool tma_projection() { return enabled() && kernels::skinny_tma_supported(); }
 
-bool warms_l2(int64_t rows) {
-  const bool tma_fed = rows >= 9 && rows <= kernels::kSkinnyMaxRows && tma_projection() &&
-                       projection() != Projection::kCublas;
-  return warm_bytes() > 0 && !tma_fed;
+bool tma_fed_rows(int64_t rows) {
+  return rows >= kernels::kSkinnyTmaMinRows && rows <= kernels::kSkinnyMaxRows && tma_projection() &&
+         projection() != Projection::kCublas;
 }
+
+bool warms_l2(int64_t rows) { return warm_bytes() > 0 && !tma_fed_rows(rows); }
 
 namespace {
 
@@ -249,8 +250,8 @@ namespace {
 
 // Rows and alignment the fused projections take: 9-16 contiguous bf16 rows of K % 32 == 0.
 bool fusable_rows(const torch::Tensor& t) {
-  return bf16_cuda({&t}) && t.dim() == 2 && t.is_contiguous() && aligned16(t.data_ptr()) && t.size(0) >= 9 &&
-         t.size(0) <= kernels::kSkinnyMaxRows && t.size(1) % 32 == 0;
+  return bf16_cuda({&t}) && t.dim() == 2 && t.is_contiguous() && aligned16(t.data_ptr()) &&
+         t.size(0) >= kernels::kSkinnyTmaMinRows && t.size(0) <= kernels::kSkinnyMaxRows && t.size(1) % 32 == 0;
 }
 
 bool fusable_weight(const torch::Tensor& w, int64_t k, const torch::Tensor& bias, const torch::Device& on) {
@@ -425,6 +426,7 @@ torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch:
 }
 bool attention_supports(int64_t) { return false; }
 bool tma_projection() { return false; }
+bool tma_fed_rows(int64_t) { return false; }
 bool warms_l2(int64_t) { return false; }
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, const torch::Tensor&) {
   return torch::linear(x, w, bias);

@@ -89,7 +89,7 @@ bool DecodeStep::kernels_apply() const {
 bool DecodeStep::norm_fusion_applies() const {
   const auto& mc = dec_->config();
   const int64_t B = tokens_.size(0);
-  if (!decode_ops::norm_fusion() || B < 9 || B > 16 || mc.hidden_size % 32 != 0 || mc.intermediate_size % 32 != 0 ||
+  if (!decode_ops::norm_fusion() || !decode_ops::tma_fed_rows(B) || mc.hidden_size % 32 != 0 || mc.intermediate_size % 32 != 0 ||
       mc.q_dim() % 32 != 0 || !decode_ops::norm_fusion_fits(mc.hidden_size))
     return false;
   // Every tensor the fused projections read, as their kernels take them (16-byte accesses):
@@ -172,7 +172,7 @@ torch::Tensor DecodeStep::forward_kernels() {
   };
   const auto& head_w = dec_->lm_head.is_empty() ? body->embed_tokens->weight : dec_->lm_head->weight;
   const auto head = head_w.to(resid.scalar_type());
-  // Each weight-reading kernel warms the next weights in L2 (decode_ops::warm_bytes): attention
+  // Each weight-reading kernel warms the next weights in L2 where decode_ops::warms_l2: attention
   // o_proj's, o_proj gate/up's, gate/up down's, down the next layer's q/k/v (the last one the
   // LM head's) and the LM head layer 0's, for the next step. The q/k/v projection warms
   // nothing: attention, which streams the cache, comes between it and o_proj.

@@ -43,10 +43,13 @@ constexpr int64_t kDefaultWarmBytes = int64_t{8} << 20;
 constexpr int64_t kMaxWarmMiB = int64_t{1} << 20;
 int64_t warm_bytes();
 void set_warm_bytes(int64_t bytes);
-// Whether the kernels of a step of `rows` rows warm the next weights: warm_bytes() > 0, and the
-// projection that reads them is not the TMA-fed kernel (9-16 rows where tma_projection() and
-// projection() is not kCublas), which copies its own first stages before it waits for the
-// previous kernel; warming L2 for it as well made the batch-16 step slower (docs/performance.md).
+// Whether a step of `rows` rows runs its projections through the TMA-fed kernel: 9-16 rows where
+// tma_projection() and projection() is not kCublas.
+bool tma_fed_rows(int64_t rows);
+// Whether the kernels of a step of `rows` rows warm the next weights: warm_bytes() > 0 and not
+// tma_fed_rows(rows); the TMA-fed kernel copies its own first stages before it waits for the
+// previous kernel, and warming L2 for it as well made the batch-16 step slower
+// (docs/performance.md).
 bool warms_l2(int64_t rows);
 
 // The residual add + RMSNorm between two projections carried by the projections themselves at
