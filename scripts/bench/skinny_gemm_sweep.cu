@@ -80,11 +80,11 @@ Variant tc(const std::string& name) {
 }
 
 // The TMA-fed skinny GEMM (skinny_gemm_tma.cuh) on its persistent grid.
-template <int MT, int BK, int S>
+template <int MT, int BK, int S, int KG = 1>
 Variant tma(const std::string& name) {
   return {name, [](const bf16* w, const bf16* x, bf16* y, int64_t ldy, int64_t m, int64_t n, int64_t k, bool sw,
                    const Launch& on) {
-            if (!launch_skinny_tma<MT, BK, S>(w, x, k, nullptr, y, ldy, m, n, k, sw, on))
+            if (!launch_skinny_tma<MT, BK, S, KG>(w, x, k, nullptr, y, ldy, m, n, k, sw, on))
               std::fprintf(stderr, "%s: no tensor map or no room\n", __PRETTY_FUNCTION__), std::exit(1);
           },
           false};
@@ -112,7 +112,11 @@ std::vector<Variant> all_variants(int64_t m) {
           tc<2, 2, 8, 1, 2, false>("tc r2 w8 u1 l2-256"),     tc<2, 4, 4, 1, 2, false>("tc r4 w4 u1 l2-256"),
           tc<2, 4, 8, 1, 2, false>("tc r4 w8 u1 l2-256"),     tc<2, 1, 8, 2, 2, true>("tc r1 w8 u2 l2-256 contig"),
           tc<2, 2, 8, 2, 2, true>("tc r2 w8 u2 l2-256 contig"), tc<2, 2, 8, 2, 1, true>("tc r2 w8 u2 noalloc contig"),
-          // TMA-fed: m consumer warps, k columns per stage, s stages
+          // TMA-fed: m consumer warps, k columns per stage, s stages, g K groups of m warps
+          tma<2, 256, 7>("tma m2 k256 s7"), tma<2, 256, 7, 2>("tma m2 k256 s7 g2"), tma<2, 256, 7, 4>("tma m2 k256 s7 g4"),
+          tma<2, 128, 8, 2>("tma m2 k128 s8 g2"), tma<4, 128, 8, 2>("tma m4 k128 s8 g2"),
+          tma<4, 256, 4, 2>("tma m4 k256 s4 g2"), tma<6, 128, 7>("tma m6 k128 s7"), tma<6, 128, 6, 2>("tma m6 k128 s6 g2"),
+          tma<11, 64, 8>("tma m11 k64 s8"), tma<1, 256, 8, 4>("tma m1 k256 s8 g4"),
           tma<1, 256, 8>("tma m1 k256 s8"), tma<2, 256, 6>("tma m2 k256 s6"), tma<4, 256, 4>("tma m4 k256 s4"),
           tma<2, 128, 8>("tma m2 k128 s8"), tma<4, 128, 8>("tma m4 k128 s8"), tma<1, 128, 12>("tma m1 k128 s12"),
           tma<2, 256, 3>("tma m2 k256 s3"), tma<4, 256, 2>("tma m4 k256 s2"), tma<8, 128, 4>("tma m8 k128 s4"),
@@ -229,11 +233,17 @@ void step_sequence(const bf16* x, bf16* y) {
                const Shape& sh = order[i];
                v.fn(w[i], x, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
              }, launches, 5));
-      if (m > 1)  // the library's kernel for tall matrices, this one for the others
+      if (m > 1) {  // the library's kernel for tall matrices, this one for the others, and the reverse
         tall_plus("library tall + " + v.name, [&](int i, cudaStream_t s) {
           const Shape& sh = order[i];
           v.fn(w[i], x, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
         });
+        report(v.name + " tall + library rest, PDL", time_graph([&](int i, cudaStream_t s) {
+                 const Shape& sh = order[i];
+                 if (sh.n >= kSkinnyTallRows) return v.fn(w[i], x, y, ldy_of(sh), m, sh.n, sh.k, sh.swiglu, {s, true});
+                 skinny(i, s);
+               }, launches, 5));
+      }
     }
   }
   for (auto* p : w) CHECK(cudaFree(p));

@@ -565,12 +565,13 @@ void launch_skinny(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, 
 // The TMA-fed kernel (skinny_gemm_tma.cuh) on a persistent grid: as many blocks as fit at once,
 // at most one per tile. False where a tensor map cannot be made (the caller then launches the
 // register-fed kernel).
-template <int MT, int BK, int S>
+template <int MT, int BK, int S, int KG = 1>
 bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy, int64_t m,
                        int64_t n, int64_t k, bool swiglu, const Launch& on, const NormFusion& fuse = {}) {
   constexpr int smem = skinny_tma_smem(MT, BK, S);
-  auto* plain = skinny_tma_kernel<MT, BK, S, SkinnyOut::kPlain>;
-  auto* glu = skinny_tma_kernel<MT, BK, S, SkinnyOut::kSwiGLU>;
+  constexpr int threads = (MT * KG + 1) * 32;
+  auto* plain = skinny_tma_kernel<MT, BK, S, SkinnyOut::kPlain, KG>;
+  auto* glu = skinny_tma_kernel<MT, BK, S, SkinnyOut::kSwiGLU, KG>;
   // Blocks that fit on the GPU at once, for each output mode (once per process).
   static const std::array<int64_t, 2> slots = [&] {
     int sms = 0, device = 0;
@@ -581,7 +582,7 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
       auto* fn = i ? glu : plain;
       int per_sm = 0;
       if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, (MT + 1) * 32, smem) != cudaSuccess)
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, threads, smem) != cudaSuccess)
         per_sm = 0;
       n_slots[i] = static_cast<int64_t>(per_sm) * sms;
     }
@@ -593,23 +594,24 @@ bool launch_skinny_tma(const bf16* w, const bf16* x, int64_t ldx, const bf16* bi
       !make_box_map(&xmap, x, m, k, ldx, 16))
     return false;
   const unsigned grid = grid1(std::min((outs + per_tile - 1) / per_tile, fit));
-  launch_smem(swiglu ? glu : plain, grid, (MT + 1) * 32, smem, on, wmap, xmap, bias, y, ldy, n, k,
+  launch_smem(swiglu ? glu : plain, grid, threads, smem, on, wmap, xmap, bias, y, ldy, n, k,
               static_cast<int>(m), on.warm.p, on.warm.bytes, fuse);
   return true;
 }
 
 // The TMA-fed kernel's configuration for an n-row weight (skinny_gemm_sweep.cu and the decoding
-// step, H100): tall matrices with 4 consumer warps and 128-column stages 8 deep, the others with
-// 2 warps and 256-column stages 7 deep (6 until the step stopped warming L2 for these kernels:
-// 7 was then 0.05 ms per batch-16 step faster, 5 and 8 slower; docs/performance.md).
-int tma_consumer_warps(int64_t n) { return n >= kSkinnyTallRows ? 4 : 2; }
+// step, H100): tall matrices with tiles of 4 x 16 rows, 4 consumer warps and 128-column stages 8
+// deep; the others with tiles of 2 x 16 rows and 256-column stages 7 deep, read by 2 K groups of
+// 2 warps. A short weight has too few tiles (128-384) to give a multiprocessor more rows; the
+// second K group of warps on the same tiles took q/k/v, o_proj and down from 38.5, 15.2 and 38.2
+// us to 37.2, 14.5 and 36.3 alone, and 0.08 ms off the batch-16 step (docs/performance.md).
+int tma_row_warps(int64_t n) { return n >= kSkinnyTallRows ? 4 : 2; }
 
 bool launch_skinny_tma_for(const bf16* w, const bf16* x, int64_t ldx, const bf16* bias, bf16* y, int64_t ldy,
                            int64_t m, int64_t n, int64_t k, bool swiglu, const Launch& on,
                            const NormFusion& fuse = {}) {
-  if (tma_consumer_warps(n) == 4)
-    return launch_skinny_tma<4, 128, 8>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
-  return launch_skinny_tma<2, 256, 7>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
+  if (tma_row_warps(n) == 4) return launch_skinny_tma<4, 128, 8>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
+  return launch_skinny_tma<2, 256, 7, 2>(w, x, ldx, bias, y, ldy, m, n, k, swiglu, on, fuse);
 }
 
 }  // namespace
@@ -751,7 +753,7 @@ bool skinny_gemm_preferred(int64_t m, int64_t n) {
 }
 
 int64_t norm_fusion_parts(int64_t n) {  // one per tile of 16 MT outputs (plain output)
-  const int64_t mt = tma_consumer_warps(n);
+  const int64_t mt = tma_row_warps(n);
   return (n + 16 * mt - 1) / (16 * mt);
 }
 

@@ -1,11 +1,12 @@
 #pragma once
 // y = x W^T for 9 to 16 rows of x (the decoding step at batch 9-16), the weights streamed into
 // shared memory by the Tensor Memory Accelerator (sm_90 tensor copies) instead of through
-// registers as in skinny_gemm.cuh. A block is one producer warp and MT consumer warps. Stage
-// after stage, the producer copies BK columns of the block's 16 MT weight rows and of the 16 x
-// rows into an S-deep ring (one copy per 64-column box, 128-byte swizzled); the consumers read
-// their 16-row tile and x back with ldmatrix into mma.m16n8k16. The copies take no registers,
-// so each multiprocessor keeps S stages of weights in flight whatever the consumers do.
+// registers as in skinny_gemm.cuh. A block is one producer warp and MT x KG consumer warps.
+// Stage after stage, the producer copies BK columns of the block's 16 MT weight rows and of the
+// 16 x rows into an S-deep ring (one copy per 64-column box, 128-byte swizzled); each consumer
+// warp reads its 16 rows of the tile, in its K group's share of the stage's boxes, and x back
+// with ldmatrix into mma.m16n8k16. The copies take no registers, so each multiprocessor keeps S
+// stages of weights in flight whatever the consumers do.
 //
 // The grid is persistent: block b takes tiles b, b + grid, ... and its pipeline runs on through
 // the tile boundaries without draining. Programmatic dependent launch (sm_90): the first S
@@ -84,9 +85,15 @@ __device__ __forceinline__ void copy_box(uint32_t dst, const CUtensorMap* map, i
       : "memory");
 }
 
-// Barrier of the MT consumer warps only (the producer warp is elsewhere): named barrier 1.
+// Barrier of the MT consumer warps that own the tile's epilogue (the producer warp and the
+// other K groups are elsewhere): named barrier 1.
 __device__ __forceinline__ void consumers_sync(int threads) {
   asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
+}
+
+// Barrier of all consumer warps (every K group): named barrier 2.
+__device__ __forceinline__ void all_consumers_sync(int threads) {
+  asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
@@ -142,21 +149,24 @@ __device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
 // The rows' 1 / RMS from the partial sums of squares (NormFusion::partial_in), which the
 // producer copied into shared memory (`parts`, 16 rows of norm_fusion_stride(parts_in)) with the
 // first stage: one bulk copy per block, where a load per consumer thread made every block read
-// the same few kilobytes of L2 at once. Summed by 2 MT consumer threads per row in a fixed
-// order (results do not vary between runs) before the first epilogue, not before the first
-// MMA (the ring is full by then: a stall there stalls the stream); 0 for rows >= m.
+// the same few kilobytes of L2 at once. Summed by kPerRow consumer threads per row (the largest
+// power of two <= 2 MT: whole warps, shuffle groups within them) in a fixed order (results do
+// not vary between runs) before the first epilogue, not before the first MMA (the ring is full
+// by then: a stall there stalls the stream); 0 for rows >= m.
 template <int MT>
 __device__ __forceinline__ void row_inv_rms(const NormFusion& f, int m, const float* parts, float* inv_rms) {
-  constexpr int kPerRow = 2 * MT;
-  const int row = threadIdx.x / kPerRow, sub = threadIdx.x % kPerRow;
-  const int64_t share = (f.parts_in + kPerRow - 1) / kPerRow, lo = min(f.parts_in, sub * share),
-                hi = min(f.parts_in, lo + share);
-  const float* p = parts + row * norm_fusion_stride(f.parts_in);
-  float s = 0.f;
-  for (int64_t i = lo; i < hi; ++i) s += p[i];
+  constexpr int kPerRow = 2 * MT >= 16 ? 16 : 2 * MT >= 8 ? 8 : 2 * MT >= 4 ? 4 : 2;
+  if (threadIdx.x < 16 * kPerRow) {
+    const int row = threadIdx.x / kPerRow, sub = threadIdx.x % kPerRow;
+    const int64_t share = (f.parts_in + kPerRow - 1) / kPerRow, lo = min(f.parts_in, sub * share),
+                  hi = min(f.parts_in, lo + share);
+    const float* p = parts + row * norm_fusion_stride(f.parts_in);
+    float s = 0.f;
+    for (int64_t i = lo; i < hi; ++i) s += p[i];
 #pragma unroll
-  for (int o = kPerRow / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (sub == 0) inv_rms[row] = row < m ? rsqrtf(s / static_cast<float>(f.cols) + f.eps) : 0.f;
+    for (int o = kPerRow / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (sub == 0) inv_rms[row] = row < m ? rsqrtf(s / static_cast<float>(f.cols) + f.eps) : 0.f;
+  }
   tma::consumers_sync(MT * 32);
 }
 
@@ -226,18 +236,23 @@ __device__ __forceinline__ void residual_epilogue(const float (&c)[2][4], const 
 
 }  // namespace norm_fusion
 
+// KG > 1: the consumer warps form KG groups of MT; group g takes slices g, g + KG, ... of each
+// stage, so that a tile of 16 MT rows has KG times the warps reading the ring (a short weight
+// has too few tiles to give every multiprocessor more rows); at the tile's end the groups' sums
+// meet in group 0 (a fixed order) through shared memory, which runs the epilogue.
 // wmap: W [N, K] with boxes of 16 MT rows (plain) or 8 MT rows (SwiGLU: W packs gate rows
 // [0, N/2) over up rows [N/2, N); a tile's 8 MT gate rows come first, then its up rows, and
 // warp w takes gate rows 8w.. and up rows 8 MT + 8w.., so lane (g, t) holds gate and up of the
 // same output in c[.][e] and c[.][e + 2]). xmap: x [M, K], boxes of 16 rows (rows >= M read as
 // zeros). y [M, ldy]; 1 <= M <= 16; K % 8 == 0 (columns past K read as zeros). fuse: the
 // residual add + RMSNorm between two projections (NormFusion), where its pointers are set.
-template <int MT, int BK, int S, SkinnyOut kOut>
-__global__ void __launch_bounds__((MT + 1) * 32)
+template <int MT, int BK, int S, SkinnyOut kOut, int KG = 1>
+__global__ void __launch_bounds__((MT * KG + 1) * 32)
     skinny_tma_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap,
                       const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t ldy, int64_t n,
                       int64_t k, int m, const void* warm, int64_t warm_bytes, const NormFusion fuse) {
   static_assert(BK % 64 == 0, "whole 64-column boxes");
+  static_assert(KG >= 1 && (BK / 64) % KG == 0, "every K group takes as many slices of a stage");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr bool kSwiGLU = kOut == SkinnyOut::kSwiGLU;
   constexpr int kSlices = BK / 64, kStageBytes = skinny_tma_stage_bytes(MT, BK);
@@ -257,13 +272,13 @@ __global__ void __launch_bounds__((MT + 1) * 32)
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       tma::barrier_init(&full[s], 1);
-      tma::barrier_init(&empty[s], MT);
+      tma::barrier_init(&empty[s], MT * KG);
     }
     tma::barrier_init_fence();
   }
   __syncthreads();
 
-  if (warp == MT) {  // producer: one lane issues every copy
+  if (warp == MT * KG) {  // producer: one lane issues every copy
     if (lane == 0) {
       auto issue = [&](int64_t q, bool weights, bool xs) {
         const int stage = static_cast<int>(q % S);
@@ -301,29 +316,32 @@ __global__ void __launch_bounds__((MT + 1) * 32)
     }
   } else {  // consumers
     const int g = lane / 4, t = lane % 4;
+    const int rw = warp % MT, kg = warp / MT;  // the warp's 16 rows of the tile, its K group
     // ldmatrix rows: A matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) of this warp's tile; B (x
     // rows 0-7 | 8-15) x (k 0-7 | 8-15). Row r's 16-byte chunk c sits at chunk c ^ (r % 8).
     const int ar = lane % 8 + (lane / 8 % 2) * 8;
-    const int a_row = kSwiGLU ? (ar < 8 ? warp * 8 + ar : 8 * MT + warp * 8 + ar - 8) : warp * 16 + ar;
+    const int a_row = kSwiGLU ? (ar < 8 ? rw * 8 + ar : 8 * MT + rw * 8 + ar - 8) : rw * 16 + ar;
     const int a_hi = lane / 16, b_row = lane % 8 + (lane / 16) * 8, b_hi = lane / 8 % 2;
     // The fused RMSNorm (NormFusion): a projection that ends a sub-block reads the residual
     // stream, which earlier kernels wrote; one that starts a sub-block gets the rows' partial
     // sums with stage 0.
     const bool ends_block = !kSwiGLU && fuse.partial_out != nullptr, starts_block = fuse.partial_in != nullptr;
     __shared__ float inv_rms[16], warp_sums[MT][16];
+    // The other groups' sums, double-buffered by tile (one barrier per tile): [tile % 2][group - 1].
+    __shared__ float4 group_sums[KG > 1 ? 2 : 1][KG > 1 ? KG - 1 : 1][MT][32][2];
     if (ends_block) grid_dependency_wait();
     int64_t q = 0;
     for (int64_t i = 0; i < my_tiles; ++i) {
       const int64_t tile = blockIdx.x + i * gridDim.x;
       float c[2][4] = {};
       __nv_bfloat16 resid[2][4];
-      if (ends_block) norm_fusion::load_resid<MT>(resid, tile, warp, lane, y, ldy, n, m);
+      if (ends_block && kg == 0) norm_fusion::load_resid<MT>(resid, tile, rw, lane, y, ldy, n, m);
       for (int64_t ch = 0; ch < chunks; ++ch, ++q) {
         const int stage = static_cast<int>(q % S);
         tma::barrier_wait(&full[stage], static_cast<uint32_t>((q / S) & 1));
         const uint32_t base = smem0 + stage * kStageBytes;
 #pragma unroll
-        for (int j = 0; j < kSlices; ++j)
+        for (int j = kg; j < kSlices; j += KG)
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             uint32_t a[4], b[4];
@@ -335,9 +353,25 @@ __global__ void __launch_bounds__((MT + 1) * 32)
         __syncwarp();
         if (lane == 0) tma::barrier_arrive(&empty[stage]);
       }
-      // c[j][e]: A row g (e < 2) or g + 8 of this warp's tile, x row 2t + (e & 1) + 8j.
+      if constexpr (KG > 1) {
+        auto& mine = group_sums[i % 2];
+        if (kg > 0) {
+          mine[kg - 1][rw][lane][0] = make_float4(c[0][0], c[0][1], c[0][2], c[0][3]);
+          mine[kg - 1][rw][lane][1] = make_float4(c[1][0], c[1][1], c[1][2], c[1][3]);
+        }
+        tma::all_consumers_sync(MT * KG * 32);
+        if (kg > 0) continue;
+#pragma unroll
+        for (int o = 0; o < KG - 1; ++o)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const float4 v = mine[o][rw][lane][j];
+            c[j][0] += v.x, c[j][1] += v.y, c[j][2] += v.z, c[j][3] += v.w;
+          }
+      }
+      // Group 0 from here. c[j][e]: A row g (e < 2) or g + 8 of this warp's tile, x row 2t + (e & 1) + 8j.
       if (ends_block) {
-        norm_fusion::residual_epilogue<MT>(c, resid, tile, warp, lane, bias, y, ldy, n, m, tiles, fuse, warp_sums);
+        norm_fusion::residual_epilogue<MT>(c, resid, tile, rw, lane, bias, y, ldy, n, m, tiles, fuse, warp_sums);
         continue;
       }
       if (starts_block && i == 0) norm_fusion::row_inv_rms<MT>(fuse, m, norm_parts, inv_rms);
@@ -349,14 +383,14 @@ __global__ void __launch_bounds__((MT + 1) * 32)
           if (xr >= m) continue;
           const float r = starts_block ? inv_rms[xr] : 1.f;  // x W^T of RMSNorm's rows: exact when 1
           if constexpr (kSwiGLU) {
-            const int64_t out = tile * kOutsPerTile + warp * 8 + g;
+            const int64_t out = tile * kOutsPerTile + rw * 8 + g;
             if (out >= outs) continue;
             const float gb = bf(c[j][e] * r), ub = bf(c[j][e + 2] * r);
             y[xr * ldy + out] = __float2bfloat16(bf(gb / (1.0f + expf(-gb))) * ub);
           } else {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const int64_t o = tile * kOutsPerTile + warp * 16 + g + 8 * h;
+              const int64_t o = tile * kOutsPerTile + rw * 16 + g + 8 * h;
               const float v = c[j][e + 2 * h] * r;
               if (o < n) y[xr * ldy + o] = __float2bfloat16(bias ? v + __bfloat162float(bias[o]) : v);
             }
