@@ -65,39 +65,22 @@ __global__ void rms_partials_kernel(const bf16* h, const bf16* gain, bf16* scale
   if (threadIdx.x == 0) partial[blockIdx.x * norm_fusion_stride(1)] = total;
 }
 
-// ---------------------------------------------------------------- RoPE + KV store
-
-// One thread per pair (i, i + half) of one head of one row; heads are numbered over the packed
-// projection: H query heads, then Hkv key heads, then Hkv value heads.
-__global__ void rope_store_kv_kernel(const bf16* qkv, int64_t qkv_stride, const bf16* cos, const bf16* sin,
-                                     bf16* q_out, bf16* k_cache, bf16* v_cache, const int64_t* slot,
-                                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity,
-                                     int64_t pairs) {
-  grid_dependency_wait();
-  grid_dependents_launch();
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= pairs) return;
-  const int64_t half = dim / 2, all_heads = heads + 2 * kv_heads;
-  const int64_t i = idx % half, hh = (idx / half) % all_heads, b = idx / (half * all_heads);
-  const bf16* src = qkv + b * qkv_stride + hh * dim;
-  const int64_t s = *slot;
-  if (hh >= heads + kv_heads) {  // values: stored as they are
-    bf16* dst = v_cache + ((b * kv_heads + (hh - heads - kv_heads)) * capacity + s) * dim;
-    dst[i] = src[i];
-    dst[i + half] = src[i + half];
-    return;
-  }
-  bf16* dst = hh < heads ? q_out + (b * heads + hh) * dim
-                         : k_cache + ((b * kv_heads + (hh - heads)) * capacity + s) * dim;
-  const bf16* c = cos + b * dim;
-  const bf16* sn = sin + b * dim;
-  const float lo = __bfloat162float(src[i]), hi = __bfloat162float(src[i + half]);
-  // As the plain ops: x * cos + rotate_half(x) * sin, each product and the sum rounded.
-  dst[i] = __float2bfloat16(bf(lo * __bfloat162float(c[i])) + bf(-hi * __bfloat162float(sn[i])));
-  dst[i + half] = __float2bfloat16(bf(hi * __bfloat162float(c[i + half])) + bf(lo * __bfloat162float(sn[i + half])));
-}
-
 // ---------------------------------------------------------------- split-KV decode attention
+
+// Dims [c, c + 8) of rope(x) for one head x [D] (c % 8 == 0), as floats, rounded as the plain
+// ops round them: x * cos + rotate_half(x) * sin, each product and the sum rounded to bf16.
+template <int D>
+__device__ __forceinline__ void rope8(const bf16* x, const bf16* cos, const bf16* sin, int c, float (&out)[8]) {
+  constexpr int kHalf = D / 2;
+  float v[8], partner[8], cs[8], sn[8];
+  load8(x + c, v);
+  load8(x + (c + kHalf) % D, partner);
+  load8(cos + c, cs);
+  load8(sin + c, sn);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    out[j] = bf(bf(v[j] * cs[j]) + bf((c < kHalf ? -partner[j] : partner[j]) * sn[j]));
+}
 
 constexpr int kAttnWarps = 4;
 constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduces: memory parallelism
@@ -184,6 +167,28 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
   }
 }
 
+template <int D>
+__device__ __noinline__ void rope8_noinline(const bf16* x, const bf16* cos, const bf16* sin, int c, float (&out)[8]) {
+  rope8<D>(x, cos, sin, c, out);
+}
+
+// The block's threads store rope(k) and v (one head each, D) into a cache column. Not inlined:
+// the attention loop's registers stay as they are (64 at D = 128, 8 blocks per multiprocessor).
+template <int D>
+__device__ __noinline__ void store_rope_kv(const bf16* k, const bf16* v, const bf16* cos, const bf16* sin,
+                                           bf16* k_col, bf16* v_col) {
+  for (int c = threadIdx.x * 8; c < D; c += blockDim.x * 8) {
+    float kr[8];
+    rope8<D>(k, cos, sin, c, kr);
+    uint4 packed;
+    bf16* o = reinterpret_cast<bf16*>(&packed);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(kr[j]);
+    *reinterpret_cast<uint4*>(k_col + c) = packed;
+    *reinterpret_cast<uint4*>(v_col + c) = *reinterpret_cast<const uint4*>(v + c);
+  }
+}
+
 // Block (split, h, b): online softmax over its share of the columns, one warp per sub-range.
 // Each lane loads 16 bytes (8 dims) of a key row per step, so D / 8 lanes form a group that
 // holds one key and a warp reads 256 / D keys per step; keys and values stay packed bf16 in
@@ -192,16 +197,18 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
 // warps through shared memory, and written as (max, sum, unnormalised output[D]) to the
 // workspace. The last block of (h, b) to finish then merges all splits into out (flash-decoding
 // without a second kernel); arrivals[b * H + h] counts finished blocks and is left at zero.
-// early_kv: the previous kernel writes only q and cache column *slot (RoPE + KV store), so *slot
-// is read and the first keys and values are fetched into L2 before the wait for it
-// (programmatic dependent launch): the kernels before that one have finished, since it
-// started only after its own wait. After its loads the grid fetches `warm` into L2.
+// rope.qkv set: the query is rope(q) of the packed q/k/v rows, and the blocks whose columns hold
+// *slot first store rope(k) and v there (one launch fewer per layer than a separate kernel for
+// that). early_kv: the previous kernel writes only rope.qkv (the projection), so
+// *slot is read and the first keys and values are fetched into L2 before the wait for it
+// (programmatic dependent launch): the kernels before that one have finished, since it started
+// only after its own wait. After its loads the grid fetches `warm` into L2.
 template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32)
-    decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const bool* key_mask,
+    decode_attention_kernel(const bf16* q, bf16* k_cache, bf16* v_cache, const bool* key_mask,
                             const int64_t* slot, float* workspace, int* arrivals, bf16* attn_out, int64_t heads,
                             int64_t kv_heads, int64_t capacity, int64_t splits, float scale, bool early_kv,
-                            const void* warm, int64_t warm_bytes) {
+                            const void* warm, int64_t warm_bytes, const RopeKV rope) {
   constexpr int G = D / 8;           // lanes per key
   constexpr int kKeysPerStep = 32 / G;
   const int64_t split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -221,7 +228,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 
   // With early_kv the first step's lines are fetched into L2 while the previous kernel runs
   // (memory would idle otherwise); one lane per 128-byte line. A line of column *slot may come
-  // in before that kernel's store to it: harmless, the store updates the L2 line.
+  // in before the store to it (below): harmless, the store updates the L2 line.
   if (early_kv) {
     if (sub % 8 == 0)
       for (int64_t j = w_start + grp; j < min(w_end, w_start + kKeysPerStep * kStepsInFlight); j += kKeysPerStep) {
@@ -231,7 +238,21 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     grid_dependency_wait();
   }
   float qf[8];
-  load8(q + (b * heads + h) * D + sub * 8, qf);
+  if (rope.qkv) {
+    const bf16* row = static_cast<const bf16*>(rope.qkv) + b * rope.qkv_stride;
+    const bf16* cs = static_cast<const bf16*>(rope.cos) + b * D;
+    const bf16* sn = static_cast<const bf16*>(rope.sin) + b * D;
+    rope8_noinline<D>(row + h * D, cs, sn, sub * 8, qf);
+    const int64_t s = *slot;
+    if (start <= s && s < end) {  // block-uniform
+      const int64_t col = ((b * kv_heads + kvh) * capacity + s) * D;
+      store_rope_kv<D>(row + (heads + kvh) * D, row + (heads + kv_heads + kvh) * D, cs, sn, k_cache + col,
+                       v_cache + col);
+      __syncthreads();  // the column is read below, by any warp of the block
+    }
+  } else {
+    load8(q + (b * heads + h) * D + sub * 8, qf);
+  }
 
   float m = -INFINITY, l = 0.f, acc[8] = {};
   for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * kStepsInFlight) {
@@ -631,16 +652,6 @@ void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, voi
   launch(add_rms_norm_kernel, grid1(rows), cols >= 1024 ? 256 : 128, on, xp, yp, wp, hp, np, cols, eps);
 }
 
-void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
-                        void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t dim, int64_t capacity, const Launch& on) {
-  const int64_t pairs = batch * (heads + 2 * kv_heads) * (dim / 2);
-  if (pairs == 0) return;
-  launch(rope_store_kv_kernel, grid1(blocks_for(pairs, 256)), 256, on, static_cast<const bf16*>(qkv), qkv_stride,
-         static_cast<const bf16*>(cos), static_cast<const bf16*>(sin), static_cast<bf16*>(q_out),
-         static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), slot, heads, kv_heads, dim, capacity, pairs);
-}
-
 bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || dim == 128 || dim == 256; }
 
 namespace {
@@ -682,19 +693,19 @@ int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, 
   return std::clamp<int64_t>(best, 1, kMaxSplits);
 }
 
-void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
+void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
                            int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
-                           float scale, bool early_kv, const Launch& on) {
-  if (batch == 0 || heads == 0) return;
+                           float scale, bool early_kv, const Launch& on, const RopeKV& rope) {
+  if (batch == 0 || heads == 0 || (rope.qkv && !slot)) return;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   const auto* qp = static_cast<const bf16*>(q);
-  const auto* kp = static_cast<const bf16*>(k_cache);
-  const auto* vp = static_cast<const bf16*>(v_cache);
+  auto* kp = static_cast<bf16*>(k_cache);
+  auto* vp = static_cast<bf16*>(v_cache);
   auto* op = static_cast<bf16*>(out);
 #define GMSA_DECODE_ATTENTION(D)                                                                                  \
   launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
-         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl, on.warm.p, on.warm.bytes)
+         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl, on.warm.p, on.warm.bytes, rope)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;

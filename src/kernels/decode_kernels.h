@@ -36,27 +36,27 @@ struct Launch {
 void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, void* normed, int64_t rows,
                        int64_t cols, float eps, const Launch& on);
 
-// The packed projection output of one token per row, qkv [B, (H + 2 Hkv) * D] (row stride
-// qkv_stride), is split, rotated and stored: q_out [B, H, D] = rope(q); k_cache[b, :, slot] =
-// rope(k); v_cache[b, :, slot] = v, where slot is read from the device (*slot). Caches are
-// [B, Hkv, capacity, D] contiguous; cos/sin [B, D]. Same bf16 rounding as the plain ops.
-void rope_store_kv_bf16(const void* qkv, int64_t qkv_stride, const void* cos, const void* sin, void* q_out,
-                        void* k_cache, void* v_cache, const int64_t* slot, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t dim, int64_t capacity, const Launch& on);
-
 // Attention of one query per row and head over the cache columns [0, *slot] where
 // key_mask[b, column] is true: out [B, H * D] = softmax(q k^T * scale) v, GQA by h / (H / Hkv).
 // The columns are split into `splits` ranges processed by separate blocks (flash-decoding);
 // the last block of each (row, head) to finish merges them. `workspace` holds
 // B * H * splits * (D + 2) floats; `arrivals` B * H ints that are zero on entry and left zero
 // (one set per stream of launches: concurrent launches must not share it). D in {32, 64, 128,
-// 256}, splits <= 128. A row with no allowed column gets zeros. early_kv (with a slot and
-// on.pdl): the kernel launched just before this one writes q and column *slot of the caches
-// only (rope_store_kv_bf16), so the other columns, *slot and key_mask are read while it runs.
-void decode_attention_bf16(const void* q, const void* k_cache, const void* v_cache, const bool* key_mask,
+// 256}, splits <= 128. A row with no allowed column gets zeros. rope.qkv set (and a slot): q is
+// ignored; the query is rope(q) of the packed projection rows [B, (H + 2 Hkv) * D], and column
+// *slot of the caches gets rope(k) and v before any block reads it (same bf16 rounding as the
+// plain ops). early_kv (with a slot and on.pdl): the kernel launched just before this one writes
+// only rope.qkv, so the caches' other columns, *slot and key_mask are read while it runs.
+struct RopeKV {
+  const void* qkv = nullptr;  // [B, (H + 2 Hkv) * D], row stride qkv_stride, 16-byte aligned
+  int64_t qkv_stride = 0;
+  const void* cos = nullptr;  // [B, D]
+  const void* sin = nullptr;
+};
+void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
                            int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
-                           float scale, bool early_kv, const Launch& on);
+                           float scale, bool early_kv, const Launch& on, const RopeKV& rope = {});
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
 // The split count that fills whole waves of `sms` multiprocessors (at the kernel's occupancy).

@@ -126,31 +126,13 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, con
   return {h, normed};
 }
 
-torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
-                            torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& slot,
-                            int64_t heads, int64_t kv_heads) {
-  if (!enabled() || !bf16_cuda({&qkv, &cos, &sin, &k_cache, &v_cache}) || qkv.dim() != 2 || qkv.stride(1) != 1)
-    return {};
-  const int64_t B = qkv.size(0), D = k_cache.size(3), capacity = k_cache.size(2);
-  if (qkv.size(1) != (heads + 2 * kv_heads) * D || D % 2 != 0 || !k_cache.is_contiguous() ||
-      !v_cache.is_contiguous() || k_cache.sizes() != v_cache.sizes() || k_cache.size(0) != B ||
-      k_cache.size(1) != kv_heads || !cos.is_contiguous() || !sin.is_contiguous() || cos.numel() != B * D ||
-      sin.numel() != B * D || !slot.is_cuda() || slot.scalar_type() != torch::kLong || slot.numel() != 1)
-    return {};
-  c10::cuda::CUDAGuard guard(qkv.device());
-  auto q = torch::empty({B, heads, D}, qkv.options());
-  kernels::rope_store_kv_bf16(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
-                              k_cache.data_ptr(), v_cache.data_ptr(), slot.data_ptr<int64_t>(), B, heads, kv_heads, D,
-                              capacity, on_stream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return q;
-}
+namespace {
 
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals, bool after_kv_store, const torch::Tensor& warm) {
-  if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+// attention() and rope_attention(): q [B, H, D] (undefined with rope.qkv).
+torch::Tensor split_kv_attention(const torch::Tensor& q, int64_t B, int64_t H, int64_t D, const torch::Tensor& k_cache,
+                                 const torch::Tensor& v_cache, const torch::Tensor& key_mask, const torch::Tensor& slot,
+                                 double scale, const torch::Tensor& arrivals, bool early_kv, const torch::Tensor& warm,
+                                 const kernels::RopeKV& rope, const torch::TensorOptions& options) {
   const int64_t Hkv = k_cache.size(1), capacity = k_cache.size(2);
   if (!kernels::decode_attention_supports(D) || H % Hkv != 0 || !k_cache.is_contiguous() ||
       !v_cache.is_contiguous() || k_cache.sizes() != v_cache.sizes() || k_cache.size(0) != B ||
@@ -158,21 +140,47 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, co
       !key_mask.is_contiguous() || key_mask.size(0) != B || key_mask.size(1) != capacity ||
       (slot.defined() && (slot.scalar_type() != torch::kLong || !slot.is_cuda())))
     return {};
-  c10::cuda::CUDAGuard guard(q.device());
+  c10::cuda::CUDAGuard guard(k_cache.device());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t splits = kernels::decode_attention_splits(B, H, capacity, D, sms);
-  auto workspace = torch::empty({B * H * splits * (D + 2)}, q.options().dtype(torch::kFloat));
-  auto out = torch::empty({B, H * D}, q.options());
+  auto workspace = torch::empty({B * H * splits * (D + 2)}, options.dtype(torch::kFloat));
+  auto out = torch::empty({B, H * D}, options);
   GMSA_CHECK(!arrivals.defined() || (arrivals.is_cuda() && arrivals.scalar_type() == torch::kInt &&
                                      arrivals.is_contiguous() && arrivals.numel() >= B * H),
              "decode attention: arrivals must be {} contiguous int32 zeros on the device", B * H);
-  auto counts = arrivals.defined() ? arrivals : torch::zeros({B * H}, q.options().dtype(torch::kInt));
-  kernels::decode_attention_bf16(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_mask.data_ptr<bool>(),
-                                 slot.defined() ? slot.data_ptr<int64_t>() : nullptr, out.data_ptr(),
-                                 workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D, capacity, splits,
-                                 static_cast<float>(scale), after_kv_store, on_stream(warm, B));
+  auto counts = arrivals.defined() ? arrivals : torch::zeros({B * H}, options.dtype(torch::kInt));
+  kernels::decode_attention_bf16(q.defined() ? q.data_ptr() : nullptr, k_cache.data_ptr(), v_cache.data_ptr(),
+                                 key_mask.data_ptr<bool>(), slot.defined() ? slot.data_ptr<int64_t>() : nullptr,
+                                 out.data_ptr(), workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D,
+                                 capacity, splits, static_cast<float>(scale), early_kv, on_stream(warm, B), rope);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+}  // namespace
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                        const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
+                        const torch::Tensor& arrivals, const torch::Tensor& warm) {
+  if (!enabled() || !bf16_cuda({&q, &k_cache, &v_cache}) || q.dim() != 3 || !q.is_contiguous()) return {};
+  return split_kv_attention(q, q.size(0), q.size(1), q.size(2), k_cache, v_cache, key_mask, slot, scale, arrivals,
+                            /*early_kv=*/false, warm, {}, q.options());
+}
+
+torch::Tensor rope_attention(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                             torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& key_mask,
+                             const torch::Tensor& slot, int64_t heads, double scale, const torch::Tensor& arrivals,
+                             const torch::Tensor& warm) {
+  if (!enabled() || !bf16_cuda({&qkv, &cos, &sin, &k_cache, &v_cache}) || qkv.dim() != 2 || qkv.stride(1) != 1 ||
+      k_cache.dim() != 4 || !slot.defined())
+    return {};
+  const int64_t B = qkv.size(0), Hkv = k_cache.size(1), D = k_cache.size(3);
+  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  if (qkv.size(1) != (heads + 2 * Hkv) * D || qkv.stride(0) % 8 != 0 || !aligned(qkv) || !cos.is_contiguous() ||
+      !sin.is_contiguous() || !aligned(cos) || !aligned(sin) || cos.numel() != B * D || sin.numel() != B * D)
+    return {};
+  return split_kv_attention({}, B, heads, D, k_cache, v_cache, key_mask, slot, scale, arrivals, /*early_kv=*/true,
+                            warm, {qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr()}, qkv.options());
 }
 
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
@@ -416,12 +424,13 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const
                                                      const torch::Tensor&, double) {
   return {};
 }
-torch::Tensor rope_store_kv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, torch::Tensor&,
-                            torch::Tensor&, const torch::Tensor&, int64_t, int64_t) {
+torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                        const torch::Tensor&, double, const torch::Tensor&, const torch::Tensor&) {
   return {};
 }
-torch::Tensor attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                        const torch::Tensor&, double, const torch::Tensor&, bool, const torch::Tensor&) {
+torch::Tensor rope_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, torch::Tensor&,
+                             torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t, double,
+                             const torch::Tensor&, const torch::Tensor&) {
   return {};
 }
 bool attention_supports(int64_t) { return false; }

@@ -186,10 +186,9 @@ torch::Tensor DecodeStep::forward_kernels() {
     const bool last = i + 1 == mc.num_hidden_layers;
     const auto next_qkv = last ? PackedProjections{} : body->layer(i + 1)->self_attn->packed_qkv();
     auto qkv = start_block(qkv_w.weight, qkv_w.bias, {});
-    auto q = checked(decode_ops::rope_store_kv(qkv, cos, sin, cache_.k[i], cache_.v[i], slot_, mc.num_attention_heads,
-                                               mc.num_key_value_heads), "RoPE + KV store");
-    auto a = checked(decode_ops::attention(q, cache_.k[i], cache_.v[i], allowed, slot_, scale, arrivals_,
-                                           /*after_kv_store=*/true, attn->o_proj->weight), "attention");
+    auto a = checked(decode_ops::rope_attention(qkv, cos, sin, cache_.k[i], cache_.v[i], allowed, slot_,
+                                                mc.num_attention_heads, scale, arrivals_, attn->o_proj->weight),
+                     "RoPE + KV store + attention");
     end_block(a, attn->o_proj, layer->post_attention_layernorm, gu_w.weight);
     const auto& down = mlp->down_proj;
     torch::Tensor h;

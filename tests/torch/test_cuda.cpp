@@ -305,23 +305,6 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
   EXPECT_TRUE(within_ulp(normed, plain_norm));
   EXPECT_GT((normed == plain_norm).to(torch::kFloat).mean().item<double>(), 0.99);
 
-  // RoPE + KV store from a packed q/k/v row (strided: a view of a wider tensor).
-  const int64_t B = 2, H = 4, Hkv = 2, D = 64, cap = 9;
-  auto wide = torch::randn({B, (H + 2 * Hkv) * D + 8}, bf);
-  auto qkv = wide.narrow(1, 0, (H + 2 * Hkv) * D);
-  ModelConfig mc = gmsa::testing::tiny_config();
-  mc.head_dim = D;
-  Rope rope = rope_tables(rope_inv_freq(mc).cuda(), torch::tensor({13, 40}, longs).view({B, 1}), torch::kBFloat16);
-  auto kc = torch::zeros({B, Hkv, cap, D}, bf), vc = torch::zeros({B, Hkv, cap, D}, bf);
-  auto slot = torch::full({1}, 5, longs);
-  auto q = decode_ops::rope_store_kv(qkv, rope.cos.reshape({B, D}), rope.sin.reshape({B, D}), kc, vc, slot, H, Hkv);
-  ASSERT_TRUE(q.defined());
-  auto heads = [&](int64_t first, int64_t n) { return qkv.narrow(1, first * D, n * D).reshape({B, 1, n, D}); };
-  EXPECT_TRUE(torch::equal(q, apply_rope(heads(0, H).transpose(1, 2), rope).squeeze(2)));
-  EXPECT_TRUE(torch::equal(kc.select(2, 5), apply_rope(heads(H, Hkv).transpose(1, 2), rope).squeeze(2)));
-  EXPECT_TRUE(torch::equal(vc.select(2, 5), heads(H + Hkv, Hkv).squeeze(1)));
-  EXPECT_EQ(kc.abs().sum(2).ne(0).sum().item<int64_t>(), kc.select(2, 5).ne(0).sum().item<int64_t>());
-
   // Split-KV attention (GQA, holes in the mask, columns after the slot ignored) against fp32.
   for (int64_t dim : {32, 64, 128, 256}) {
     const int64_t b = 3, heads_q = 8, heads_kv = 2, capacity = 700, last = 650;
@@ -348,6 +331,38 @@ TEST(Cuda, DecodeKernelsReproduceThePlainOps) {
                                out))
           << "head_dim " << dim;
     EXPECT_EQ(arrivals.abs().sum().item<int64_t>(), 0) << "head_dim " << dim;
+  }
+
+  // RoPE + KV store inside the attention kernel (rope_attention), from packed q/k/v rows (strided:
+  // a view of a wider tensor; GQA; the new column in the last split): column `last` of the caches
+  // holds rope(k) and v bit for bit as the plain ops make them, no other column changes, and the
+  // output is attention() of rope(q), bit for bit.
+  for (int64_t dim : {64, 128}) {
+    const int64_t b = 3, heads_q = 8, heads_kv = 2, capacity = 700, last = 650;
+    auto packed = torch::randn({b, (heads_q + 2 * heads_kv) * dim + 8}, bf).narrow(1, 0, (heads_q + 2 * heads_kv) * dim);
+    ModelConfig cfg = gmsa::testing::tiny_config();
+    cfg.head_dim = dim;
+    Rope r = rope_tables(rope_inv_freq(cfg).cuda(), torch::tensor({7, 300, 650}, longs).view({b, 1}), torch::kBFloat16);
+    auto heads = [&](int64_t first, int64_t n) {  // [b, n, dim]
+      return packed.narrow(1, first * dim, n * dim).reshape({b, 1, n, dim}).transpose(1, 2);
+    };
+    auto rope_q = apply_rope(heads(0, heads_q), r).squeeze(2).contiguous();
+    auto rope_k = apply_rope(heads(heads_q, heads_kv), r).squeeze(2);
+    auto k = torch::randn({b, heads_kv, capacity, dim}, bf), v = torch::randn({b, heads_kv, capacity, dim}, bf);
+    auto k_before = k.clone(), v_before = v.clone();
+    auto mask = torch::rand({b, capacity}, torch::TensorOptions().device(torch::kCUDA)) > 0.3;
+    mask.select(1, last).fill_(true);
+    auto at = torch::full({1}, last, longs);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    auto out = decode_ops::rope_attention(packed, r.cos.reshape({b, dim}), r.sin.reshape({b, dim}), k, v, mask, at,
+                                          heads_q, scale);
+    ASSERT_TRUE(out.defined()) << dim;
+    EXPECT_TRUE(torch::equal(k.select(2, last), rope_k)) << "head_dim " << dim;
+    EXPECT_TRUE(torch::equal(v.select(2, last), heads(heads_q + heads_kv, heads_kv).squeeze(2))) << "head_dim " << dim;
+    k_before.select(2, last).copy_(k.select(2, last));
+    v_before.select(2, last).copy_(v.select(2, last));
+    EXPECT_TRUE(torch::equal(k, k_before) && torch::equal(v, v_before)) << "head_dim " << dim;
+    EXPECT_TRUE(torch::equal(out, decode_ops::attention(rope_q, k, v, mask, at, scale))) << "head_dim " << dim;
   }
 
   // The one-row CUDA-core GEMV (auto's pick for one row) against fp32: the last warp partial,

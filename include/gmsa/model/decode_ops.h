@@ -84,26 +84,27 @@ torch::Tensor normed_linear(const NormedInput& in, const torch::Tensor& w, const
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& y,
                                                      const torch::Tensor& w, double eps);
 
-// qkv [B, (H + 2 Hkv) * D] (a packed projection's output, rows may be strided): returns q
-// [B, H, D] with RoPE applied, and writes rope(k) and v into column *slot of k_cache / v_cache
-// [B, Hkv, capacity, D]. cos/sin [B, D] as rope_tables() makes them for one position.
-torch::Tensor rope_store_kv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
-                            torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& slot,
-                            int64_t heads, int64_t kv_heads);
-
 // softmax(q k^T * scale + mask) v of one query per row over cache columns [0, *slot] where
 // key_mask [B, capacity] (bool) is true; q [B, H, D]; returns [B, H * D]. arrivals: B * H int32
 // zeros on the device, left zero, that the kernel's blocks count themselves in (reuse one per
-// stream of steps; undefined: allocated per call). after_kv_store: the call comes straight after
-// rope_store_kv on the same stream (nothing launched between), so with programmatic launch the
-// kernel reads the cache's older columns while that one still runs.
-// warm (here and in linear, swiglu_linear): a contiguous weight whose first warm_bytes() bytes
-// the kernel fetches into L2 when done with its own loads, where warms_l2(rows); a hint for a
-// later launch (cuBLAS ignores it).
+// stream of steps; undefined: allocated per call).
+// warm (here, in rope_attention, linear and swiglu_linear): a contiguous weight whose first
+// warm_bytes() bytes the kernel fetches into L2 when done with its own loads, where
+// warms_l2(rows); a hint for a later launch (cuBLAS ignores it).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                         const torch::Tensor& key_mask, const torch::Tensor& slot, double scale,
-                        const torch::Tensor& arrivals = {}, bool after_kv_store = false,
-                        const torch::Tensor& warm = {});
+                        const torch::Tensor& arrivals = {}, const torch::Tensor& warm = {});
+
+// The decoding step's attention from the packed projection's output qkv [B, (H + 2 Hkv) * D]
+// (rows may be strided, 16-byte aligned), in one launch: RoPE on the query, rope(k) and v stored
+// into column *slot of k_cache / v_cache [B, Hkv, capacity, D], then attention() over [0, *slot]
+// (bit for bit as attention() of the rotated query). cos/sin [B, D] as rope_tables() makes them
+// for one position. Launched straight after the projection, it reads the caches' older columns
+// while the projection still runs (programmatic launch). Undefined where the kernels do not apply.
+torch::Tensor rope_attention(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                             torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& key_mask,
+                             const torch::Tensor& slot, int64_t heads, double scale, const torch::Tensor& arrivals = {},
+                             const torch::Tensor& warm = {});
 
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);
