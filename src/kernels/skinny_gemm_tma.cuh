@@ -236,6 +236,15 @@ __device__ __forceinline__ void residual_epilogue(const float (&c)[2][4], const 
 
 }  // namespace norm_fusion
 
+// Tile t's K loop starts at stage (13 t) mod (stages per tile) and wraps around, so that the
+// blocks of a wave read different columns at once, not the same columns of rows K * 2 bytes
+// apart: 0.04-0.07 ms off a batch-16 decoding step (docs/performance.md; 13 is coprime with the
+// 7B shapes' 16, 32 and 43 stages per tile, and measured best of 1, 5, 7 and 13). The summation
+// order is then a function of the tile: fixed for a weight and its layout, the same on any grid,
+// but a row's plain and SwiGLU tiles (the tests' linear + silu_mul against swiglu_linear) start
+// at different stages unless K fits one stage.
+constexpr int64_t kSkinnyTmaStartStride = 13;
+
 // KG > 1: the consumer warps form KG groups of MT; group g takes slices g, g + KG, ... of each
 // stage, so that a tile of 16 MT rows has KG times the warps reading the ring (a short weight
 // has too few tiles to give every multiprocessor more rows); at the tile's end the groups' sums
@@ -282,7 +291,8 @@ __global__ void __launch_bounds__((MT * KG + 1) * 32)
     if (lane == 0) {
       auto issue = [&](int64_t q, bool weights, bool xs) {
         const int stage = static_cast<int>(q % S);
-        const int64_t tile = blockIdx.x + (q / chunks) * gridDim.x, col = (q % chunks) * BK;
+        const int64_t tile = blockIdx.x + (q / chunks) * gridDim.x;
+        const int64_t col = ((q % chunks + tile * kSkinnyTmaStartStride) % chunks) * BK;
         const uint32_t base = smem0 + stage * kStageBytes;
         if (weights) {
           tma::barrier_expect(&full[stage], kStageBytes);
