@@ -167,6 +167,7 @@ __device__ void merge_splits(const float* part, int64_t splits, bf16* out) {
   }
 }
 
+// rope8 for the attention kernel's query, out of line for the same reason as store_rope_kv.
 template <int D>
 __device__ __noinline__ void rope8_noinline(const bf16* x, const bf16* cos, const bf16* sin, int c, float (&out)[8]) {
   rope8<D>(x, cos, sin, c, out);

@@ -96,6 +96,8 @@ void set_warm_bytes(int64_t bytes) { warm_limit() = std::max<int64_t>(bytes, 0);
 
 namespace {
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 bool bf16_cuda(std::initializer_list<const torch::Tensor*> ts) {
   for (const auto* t : ts)
     if (!t->defined() || !t->is_cuda() || t->scalar_type() != torch::kBFloat16) return false;
@@ -175,9 +177,9 @@ torch::Tensor rope_attention(const torch::Tensor& qkv, const torch::Tensor& cos,
       k_cache.dim() != 4 || !slot.defined())
     return {};
   const int64_t B = qkv.size(0), Hkv = k_cache.size(1), D = k_cache.size(3);
-  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  if (qkv.size(1) != (heads + 2 * Hkv) * D || qkv.stride(0) % 8 != 0 || !aligned(qkv) || !cos.is_contiguous() ||
-      !sin.is_contiguous() || !aligned(cos) || !aligned(sin) || cos.numel() != B * D || sin.numel() != B * D)
+  if (qkv.size(1) != (heads + 2 * Hkv) * D || qkv.stride(0) % 8 != 0 || !aligned16(qkv.data_ptr()) ||
+      !cos.is_contiguous() || !sin.is_contiguous() || !aligned16(cos.data_ptr()) || !aligned16(sin.data_ptr()) ||
+      cos.numel() != B * D || sin.numel() != B * D)
     return {};
   return split_kv_attention({}, B, heads, D, k_cache, v_cache, key_mask, slot, scale, arrivals, /*early_kv=*/true,
                             warm, {qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr()}, qkv.options());
@@ -194,8 +196,6 @@ bool tma_fed_rows(int64_t rows) {
 bool warms_l2(int64_t rows) { return warm_bytes() > 0 && !tma_fed_rows(rows); }
 
 namespace {
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 enum class Kernel { kCublas, kGemv, kSkinny };
 
