@@ -186,12 +186,17 @@ torch::Tensor apply_rope(const torch::Tensor& x, const Rope& rope) {
 }
 
 KVCache KVCache::allocate(const ModelConfig& cfg, int64_t batch, int64_t capacity,
-                          torch::TensorOptions options, int64_t num_layers) {
+                          torch::TensorOptions options, int64_t num_layers, int64_t written) {
+  GMSA_CHECK(written >= 0 && written <= capacity, "KV cache: {} prefilled columns for a capacity of {}", written,
+             capacity);
   KVCache c;
-  int64_t n = num_layers < 0 ? cfg.num_hidden_layers : num_layers;
+  const int64_t n = num_layers < 0 ? cfg.num_hidden_layers : num_layers;
+  auto all = torch::empty({n, 2, batch, cfg.num_key_value_heads, capacity, cfg.head_dim}, options);
+  // Masked columns are still read (times a zero weight): they must hold finite values.
+  if (written < capacity) all.narrow(4, written, capacity - written).zero_();
   for (int64_t i = 0; i < n; ++i) {
-    c.k.push_back(torch::zeros({batch, cfg.num_key_value_heads, capacity, cfg.head_dim}, options));
-    c.v.push_back(torch::zeros({batch, cfg.num_key_value_heads, capacity, cfg.head_dim}, options));
+    c.k.push_back(all[i][0]);
+    c.v.push_back(all[i][1]);
   }
   return c;
 }

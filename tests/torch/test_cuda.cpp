@@ -133,6 +133,10 @@ TEST(Cuda, GraphDecodingEqualsEagerAndCpu) {
     const auto& full = graph.tokens[r];
     EXPECT_EQ(cut.tokens[r], std::vector<int64_t>(full.begin(), std::find(full.begin(), full.end(), gc.eos_ids[0])));
   }
+  // And it stops: every row ends by its second token, the flag reaches the host a few steps late.
+  gc.eos_ids = {graph.tokens[0][1], graph.tokens[1][1], graph.tokens[2][1]};
+  gc.max_new_tokens = 40;
+  EXPECT_LT(generate(d, prompts, gc).steps, 8);
 }
 
 // The fused kernels against the plain LibTorch ops they replace, on the same bf16 inputs.

@@ -166,6 +166,37 @@ TEST(Generation, EachRowStopsAtItsFirstEos) {
   EXPECT_LE(cut.tokens[0].size(), 2u);
 }
 
+// Generation stops soon after every row has ended: the host reads the finished flag a few steps
+// late (FinishedFlag), never at the token budget.
+TEST(Generation, StopsOnceEveryRowHasEnded) {
+  auto d = make("llama", 7);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 40;
+  cfg.eos_ids = {-1};
+  std::vector<GenerationPrompt> prompts = {{{}, {5, 9, 11}}, {{}, {7, 8, 9, 10}}};
+  auto full = generate(d, prompts, cfg).tokens;
+  cfg.eos_ids = {full[0][1], full[1][1]};  // both rows end by their second token
+  auto cut = generate(d, prompts, cfg);
+  EXPECT_LT(cut.steps, 8);
+  for (size_t r = 0; r < full.size(); ++r) {
+    auto end = std::find_first_of(full[r].begin(), full[r].end(), cfg.eos_ids.begin(), cfg.eos_ids.end());
+    EXPECT_EQ(cut.tokens[r], std::vector<int64_t>(full[r].begin(), end)) << "row " << r;
+  }
+}
+
+TEST(Generation, TokenOutsideTheVocabularyIsAClearError) {
+  auto d = make("llama", 7);
+  GenerationConfig cfg;
+  cfg.max_new_tokens = 2;
+  const int64_t V = d->config().vocab_size;
+  try {
+    generate(d, {{{}, {5, 9}}, {{}, {7, V}}}, cfg);
+    FAIL();
+  } catch (const gmsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prompt 1 has token id " + std::to_string(V)), std::string::npos) << e.what();
+  }
+}
+
 TEST(Generation, SoftPrefixEqualsItsTokens) {
   auto d = make("llama", 8);
   GenerationConfig cfg;

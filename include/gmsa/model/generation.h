@@ -37,8 +37,8 @@ struct GenerationPrompt {
 
 struct GenerationResult {
   std::vector<std::vector<int64_t>> tokens;  // new tokens per prompt, EOS excluded
-  double prefill_ms = 0;   // prompt forward + first token
-  double decode_ms = 0;    // the remaining steps
+  double prefill_ms = 0;   // prompt forward + first token, from the call's start (device clock)
+  double decode_ms = 0;    // the remaining steps, from the first token to the last (device clock)
   int64_t steps = 0;       // decoding steps after the first token
   bool cuda_graph = false; // whether those steps replayed a CUDA graph
   bool decode_kernels = false;  // whether they ran the decoding kernels (decode_ops.h)
