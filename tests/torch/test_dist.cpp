@@ -564,10 +564,11 @@ Reference reference_training(torch::Device device = torch::kCPU) {
 void check_training(const std::string& dir, int world, const Reference& ref, double state_tol) {
   // Gradients agree to ~1e-8 (GradSync test) and so do the moments (below), but Adam's update
   // lr * m / (sqrt(v) + eps) turns a 1e-9 rounding difference in a gradient entry of size ~eps
-  // (rare embedding rows) into a ~1e-6 difference in the weight; typical entries differ by 1e-7.
+  // (rare embedding rows) into a ~1e-6 difference in the weight; typical entries differ by 1e-7
+  // (up to 3.1e-5 with OpenBLAS on an AVX-512 machine, whose kernels sum in another order).
   // Adam is nearly blind to the gradients' scale: the moments' tight check catches scale errors.
   for (int r = 0; r < world; ++r)
-    expect_close(read_all(dir + "/params" + std::to_string(r) + ".safetensors"), ref.params, 2e-5,
+    expect_close(read_all(dir + "/params" + std::to_string(r) + ".safetensors"), ref.params, 1e-4,
                  "parameters of rank " + std::to_string(r));
   // The checkpointed state has AdamW's names, order and values: checkpoints are interchangeable.
   expect_close(read_all(dir + "/state_mid.safetensors"), ref.state_mid, state_tol, "state after 2 steps");

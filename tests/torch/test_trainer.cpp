@@ -99,7 +99,11 @@ TEST(Trainer, AccumulatingTwoBatchesOfTwoEqualsOneBatchOfFour) {
   for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(a[0].losses[i], b[0].losses[i], 1e-5);
   auto wa = trained_weights(a[0].dir), wb = trained_weights(b[0].dir);
   ASSERT_EQ(wa.size(), wb.size());
-  for (auto& [k, t] : wa) EXPECT_TRUE(torch::allclose(t, wb[k], 1e-5, 1e-6)) << k;
+  // One batch of 4 and two of 2 sum in different orders, and Adam's normalised update turns a
+  // rounding difference in a near-zero gradient entry into a larger one in the weight: up to
+  // 6e-6 here with OpenBLAS on an AVX-512 machine. A micro-batch dropped or counted twice moves
+  // weights by the order of the learning rate (1e-2).
+  for (auto& [k, t] : wa) EXPECT_TRUE(torch::allclose(t, wb[k], 1e-5, 5e-5)) << k;
 }
 
 TEST(Trainer, ResumedRunIsBitIdenticalToUninterruptedRun) {
