@@ -48,16 +48,27 @@ size_t DeviceClock::mark() {
   return m.host.size() - 1;
 }
 
-double DeviceClock::ms(size_t from, size_t to) const {
+void DeviceClock::wait(size_t mark) const {
   const auto& m = *impl_;
   if (m.on_device()) {
 #ifdef GMSA_HAVE_CUDA_EVENTS
-    GMSA_CHECK(from < m.events.size() && to < m.events.size(), "device clock: no mark {} or {}", from, to);
-    m.events[to]->synchronize();
+    GMSA_CHECK(mark < m.events.size(), "device clock: no mark {}", mark);
+    m.events[mark]->synchronize();
+    return;
+#endif
+  }
+  GMSA_CHECK(mark < m.host.size(), "device clock: no mark {}", mark);  // the CPU has passed it
+}
+
+double DeviceClock::ms(size_t from, size_t to) const {
+  const auto& m = *impl_;
+  wait(to);
+  wait(from);
+  if (m.on_device()) {
+#ifdef GMSA_HAVE_CUDA_EVENTS
     return m.events[from]->elapsed_time(*m.events[to]);
 #endif
   }
-  GMSA_CHECK(from < m.host.size() && to < m.host.size(), "device clock: no mark {} or {}", from, to);
   return std::chrono::duration<double, std::milli>(m.host[to] - m.host[from]).count();
 }
 

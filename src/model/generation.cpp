@@ -10,12 +10,6 @@
 #include "gmsa/model/device_clock.h"
 #include "gmsa/util/error.h"
 
-#if __has_include(<ATen/cuda/CUDAEvent.h>) && __has_include(<cuda_runtime_api.h>)
-#include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDAStream.h>
-#define GMSA_HAVE_CUDA_EVENTS 1
-#endif
-
 namespace gmsa {
 namespace {
 
@@ -115,41 +109,26 @@ constexpr int64_t kEosCheckEvery = 4;
 // synchronous check would; those tokens follow every row's EOS and are cut (cut_at_eos).
 class FinishedFlag {
  public:
-  explicit FinishedFlag(const torch::Device& device) : device_(device) {
-#ifdef GMSA_HAVE_CUDA_EVENTS
-    if (device.is_cuda()) host_ = torch::empty({}, torch::TensorOptions().dtype(torch::kBool).pinned_memory(true));
-#endif
-  }
+  explicit FinishedFlag(const torch::Device& device)
+      : marks_(device),
+        host_(torch::empty({}, torch::TensorOptions().dtype(torch::kBool).pinned_memory(device.is_cuda()))) {}
   void post(const torch::Tensor& finished) {
+    host_.copy_(finished.all(), /*non_blocking=*/true);
+    mark_ = marks_.mark();
     pending_ = true;
-#ifdef GMSA_HAVE_CUDA_EVENTS
-    if (device_.is_cuda()) {
-      host_.copy_(finished.all(), /*non_blocking=*/true);
-      event_.record(c10::cuda::getCurrentCUDAStream(device_.index()));
-      return;
-    }
-#endif
-    value_ = finished.all().item<bool>();
   }
   bool pending() const { return pending_; }
   bool read() {
+    marks_.wait(mark_);
     pending_ = false;
-#ifdef GMSA_HAVE_CUDA_EVENTS
-    if (device_.is_cuda()) {
-      event_.synchronize();
-      return *host_.data_ptr<bool>();
-    }
-#endif
-    return value_;
+    return *host_.data_ptr<bool>();
   }
 
  private:
-  torch::Device device_;
-  torch::Tensor host_;  // pinned bool
-#ifdef GMSA_HAVE_CUDA_EVENTS
-  at::cuda::CUDAEvent event_;
-#endif
-  bool value_ = false, pending_ = false;
+  DeviceClock marks_;  // only its marks: the copy is done once the device has passed one
+  torch::Tensor host_;  // bool, pinned on a CUDA device
+  size_t mark_ = 0;
+  bool pending_ = false;
 };
 
 // Each row's new tokens up to (excluding) its first EOS.
