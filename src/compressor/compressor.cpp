@@ -29,17 +29,13 @@ SoftTokens CompressorImpl::forward(const torch::Tensor& ids, const torch::Tensor
   GMSA_CHECK((r_host >= 1).all().item<bool>(), "compression rate must be >= 1");
   GMSA_CHECK(((len_host >= 0) & (len_host <= L)).all().item<bool>(),
              "compress: context lengths must lie in [0, {}] (the width of ids)", L);
-  auto device = ids.device();
   auto ctx = encoder->embed(ids);
   if (cfg_.method == "tcp") {
     auto counts_host = soft_token_counts(len_host, r_host);
     auto states = encoder->forward(memory->append(ctx, len_host, counts_host));
     return memory->read(states, len_host, counts_host);
   }
-  auto states = encoder->forward(ctx);
-  auto len = len_host.to(device, /*non_blocking=*/true);
-  auto mask = (torch::arange(L, len.options()).unsqueeze(0) < len.unsqueeze(1)).to(torch::kLong);
-  auto soft = group_merge(states, mask, r_host, len_host);
+  auto soft = group_merge_right_padded(encoder->forward(ctx), len_host, r_host);
   soft.embeds = lsa->forward(soft.embeds) * soft.mask.unsqueeze(-1).to(soft.embeds.scalar_type());
   return soft;
 }

@@ -1,5 +1,5 @@
 // Fused elementwise kernels (bf16) for RMSNorm, RoPE and SwiGLU's product, with backward
-// kernels. Profiling the autoencoder step put ~45% of its GPU time in elementwise kernels, and
+// kernels, and group merging's means. Profiling the autoencoder step put ~45% of its GPU time in elementwise kernels, and
 // the CUDA-graph decoding step is a chain of small launches (docs/performance.md).
 #include <cuda_bf16.h>
 
@@ -71,7 +71,7 @@ __device__ __forceinline__ void store_bf(__nv_bfloat16* p, const float (&f)[V]) 
 template <int V>
 __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
                             const __nv_bfloat16* cos, const __nv_bfloat16* sin, __nv_bfloat16* out,
-                            int64_t tokens, int64_t heads, int64_t dim, int64_t pairs) {
+                            int64_t tokens, int64_t heads, int64_t dim, int64_t pairs, RopeOut o) {
   const int64_t idx = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (idx >= pairs) return;
   const RopePair p(idx, tokens, heads, dim);
@@ -79,7 +79,7 @@ __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
   const __nv_bfloat16* src = x + p.bt * x_token_stride + p.h * dim;
   const __nv_bfloat16* c = cos + p.bt * dim;
   const __nv_bfloat16* s = sin + p.bt * dim;
-  __nv_bfloat16* dst = out + p.head_major_row() * dim;
+  __nv_bfloat16* dst = out + p.b * o.batch + p.h * o.head + p.t * o.token;
   float lo[V], hi[V], c_lo[V], c_hi[V], s_lo[V], s_hi[V], o_lo[V], o_hi[V];
   load_bf<V>(src + i, lo);
   load_bf<V>(src + i + half, hi);
@@ -109,6 +109,31 @@ __global__ void silu_mul_kernel(const __nv_bfloat16* gate, int64_t gate_stride, 
 #pragma unroll
   for (int j = 0; j < V; ++j) o[j] = bf(g[j] / (1.0f + expf(-g[j]))) * u[j];
   store_bf<V>(out + i, o);
+}
+
+// One thread per V consecutive columns of one soft token (row b * groups + g): the mean of
+// rows [g r_b, min((g + 1) r_b, len_b)) of sample b, summed in fp32 in token order; a group
+// past the sample's end is 0 (the plain path's 0 / clamp_min(0, 1)).
+template <int V>
+__global__ void group_mean_kernel(const __nv_bfloat16* x, int64_t tokens, int64_t cols, const int64_t* rates,
+                                  const int64_t* lengths, __nv_bfloat16* out, int64_t groups, int64_t n) {
+  const int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
+  if (i >= n) return;
+  const int64_t row = i / cols, c = i % cols;
+  const int64_t b = row / groups, g = row % groups;
+  const int64_t begin = g * rates[b], end = begin + rates[b] < lengths[b] ? begin + rates[b] : lengths[b];
+  float acc[V] = {};
+  const __nv_bfloat16* src = x + (b * tokens + begin) * cols + c;
+  for (int64_t t = begin; t < end; ++t, src += cols) {
+    float v[V];
+    load_bf<V>(src, v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] += v[j];
+  }
+  const float size = end > begin ? static_cast<float>(end - begin) : 1.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) acc[j] /= size;
+  store_bf<V>(out + i, acc);
 }
 
 __global__ void rms_norm_backward_kernel(const __nv_bfloat16* x, int64_t x_stride,
@@ -197,7 +222,7 @@ void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, in
                                                 static_cast<__nv_bfloat16*>(out), cols, eps);
 }
 
-void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out,
+void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out, RopeOut o,
                int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
   const int64_t pairs = batch * tokens * heads * (dim / 2);
   if (pairs == 0) return;
@@ -205,12 +230,12 @@ void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const voi
   const auto* cp = static_cast<const __nv_bfloat16*>(cos);
   const auto* sp = static_cast<const __nv_bfloat16*>(sin);
   auto* op = static_cast<__nv_bfloat16*>(out);
-  if (vec8_fits({x, cos, sin, out}, {x_token_stride, dim / 2}))
+  if (vec8_fits({x, cos, sin, out}, {x_token_stride, dim / 2, o.batch, o.head, o.token}))
     rope_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads,
-                                                                   dim, pairs);
+                                                                   dim, pairs, o);
   else
     rope_kernel<1><<<blocks_for(pairs, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads, dim,
-                                                               pairs);
+                                                               pairs, o);
 }
 
 void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,
@@ -224,6 +249,18 @@ void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_
     silu_mul_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
   else
     silu_mul_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(gp, gate_stride, up_, up_stride, op, cols, n);
+}
+
+void group_mean_bf16(const void* x, int64_t batch, int64_t tokens, int64_t cols, const int64_t* rates,
+                     const int64_t* lengths, void* out, int64_t groups, cudaStream_t stream) {
+  const int64_t n = batch * groups * cols;
+  if (n == 0) return;
+  const auto* xp = static_cast<const __nv_bfloat16*>(x);
+  auto* op = static_cast<__nv_bfloat16*>(out);
+  if (vec8_fits({x, out}, {cols}))
+    group_mean_kernel<8><<<blocks_for(n / 8, 256), 256, 0, stream>>>(xp, tokens, cols, rates, lengths, op, groups, n);
+  else
+    group_mean_kernel<1><<<blocks_for(n, 256), 256, 0, stream>>>(xp, tokens, cols, rates, lengths, op, groups, n);
 }
 
 void rms_norm_backward_bf16(const void* x, int64_t x_stride, const void* w, const void* dy, void* dx,

@@ -13,16 +13,29 @@ namespace gmsa::kernels {
 void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, int64_t rows,
                    int64_t cols, float eps, cudaStream_t stream);
 
-// Rotary embedding with the head transpose folded in: x [B, T, heads, D] (row stride
-// `x_token_stride` between tokens), cos/sin [B, T, D] contiguous, out [B, heads, T, D]
-// contiguous: out = x * cos + rotate_half(x) * sin, each product and the sum rounded to bf16.
-void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out,
+// Element strides of a rotated output [B, heads, T, D] whose last dimension is contiguous:
+// head-major, token-major, or columns of the KV cache.
+struct RopeOut {
+  int64_t batch, head, token;
+};
+
+// Rotary embedding: x [B, T, heads, D] (row stride `x_token_stride` between tokens), cos/sin
+// [B, T, D] contiguous, out at the strides `o`: out = x * cos + rotate_half(x) * sin, each
+// product and the sum rounded to bf16.
+void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out, RopeOut o,
                int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
 
 // out = bf16(silu(gate)) * up (SwiGLU's product) over [rows, cols] bf16: gate and up rows at
 // their own strides (views of one packed gate/up projection, or contiguous), out contiguous.
 void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,
                    int64_t rows, int64_t cols, cudaStream_t stream);
+
+// Group merging's means over right-padded rows: x [batch, tokens, cols] bf16 contiguous; rates
+// and lengths: [batch] int64 on the device; out [batch, groups, cols] bf16 contiguous, where
+// out[b, g] = mean of x[b, g r_b .. min((g + 1) r_b, len_b) - 1] in fp32 (token order), rounded
+// once, and 0 for a group past len_b.
+void group_mean_bf16(const void* x, int64_t batch, int64_t tokens, int64_t cols, const int64_t* rates,
+                     const int64_t* lengths, void* out, int64_t groups, cudaStream_t stream);
 
 // Backward passes, in fp32 with one rounding to bf16 at the end.
 // RMSNorm: dx = r * (dy * w) - r^3 * x * mean((dy * w) * x), r = rsqrt(mean(x^2) + eps);

@@ -41,6 +41,11 @@ int64_t cpu_peak_rss() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
+torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& device) {
+  if (!device.is_cuda()) return host.to(device);
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 std::string shape_str(c10::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);

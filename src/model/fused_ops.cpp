@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "gmsa/util/error.h"
+
 #ifdef GMSA_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -98,18 +100,21 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
   }
 };
 
-torch::Tensor rope_fwd(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+// Writes RoPE(x) into out, a [B, heads, T, D] tensor or view with a contiguous last dimension.
+void rope_fwd(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
-  auto out = torch::empty({B, H, T, D}, x.options());
-  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), B, T, H, D, stream());
+  const kernels::RopeOut o{out.stride(0), out.stride(1), out.stride(2)};
+  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), o, B, T, H, D,
+                     stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
 struct RopeFn : torch::autograd::Function<RopeFn> {
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
     ctx->save_for_backward({cos, sin});
-    return rope_fwd(x, cos, sin);
+    auto out = torch::empty({x.size(0), x.size(2), x.size(1), x.size(3)}, x.options());  // the backward's layout
+    rope_fwd(x, cos, sin, out);
+    return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -159,16 +164,40 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return rms_norm_fwd(rows, w, eps, x.sizes());
 }
 
-torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  if (!all_bf16_cuda({&x, &cos, &sin}) || x.dim() != 4) return {};
+namespace {
+
+// Whether the kernel serves x [B, T, heads, D] with these tables.
+bool rope_applies(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  if (!all_bf16_cuda({&x, &cos, &sin}) || x.dim() != 4) return false;
   const int64_t B = x.size(0), T = x.size(1), D = x.size(3);
   // Heads and dims packed within a token; tokens evenly strided (a view of [B, T, H * D]).
-  if (x.stride(3) != 1 || x.stride(2) != D || (B > 1 && x.stride(0) != T * x.stride(1))) return {};
-  if (!cos.is_contiguous() || !sin.is_contiguous() || cos.size(0) != B || cos.size(2) != T) return {};
-  if (wants_grad({&cos, &sin})) return {};  // positions are never trained
+  if (x.stride(3) != 1 || x.stride(2) != D || (B > 1 && x.stride(0) != T * x.stride(1))) return false;
+  if (!cos.is_contiguous() || !sin.is_contiguous() || cos.size(0) != B || cos.size(2) != T) return false;
+  return !wants_grad({&cos, &sin});  // positions are never trained
+}
+
+}  // namespace
+
+torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  if (!rope_applies(x, cos, sin)) return {};
   c10::cuda::CUDAGuard guard(x.device());
   if (wants_grad({&x})) return RopeFn::apply(x, cos, sin);
-  return rope_fwd(x, cos, sin);
+  // Token-major: attention's output then comes out token-major too (cuDNN's follows q's layout),
+  // and o_proj reads it without the transpose copy (0.5 ms per layer at 48,000 tokens of the
+  // 7B shape).
+  auto out = torch::empty(x.sizes(), x.options()).transpose(1, 2);
+  rope_fwd(x, cos, sin, out);
+  return out;
+}
+
+bool rope_into(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out) {
+  if (!rope_applies(x, cos, sin) || wants_grad({&x}) || !all_bf16_cuda({&out}) || out.dim() != 4) return false;
+  if (out.device() != x.device() || out.stride(3) != 1 || out.size(0) != x.size(0) || out.size(1) != x.size(2) ||
+      out.size(2) != x.size(1) || out.size(3) != x.size(3))
+    return false;
+  c10::cuda::CUDAGuard guard(x.device());
+  rope_fwd(x, cos, sin, out);
+  return true;
 }
 
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
@@ -182,11 +211,29 @@ torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
   return silu_mul_fwd(g, u, gate.sizes());
 }
 
+torch::Tensor group_mean(const torch::Tensor& hidden, const torch::Tensor& sizes, int64_t groups) {
+  if (!all_bf16_cuda({&hidden}) || wants_grad({&hidden}) || hidden.dim() != 3 || !hidden.is_contiguous()) return {};
+  const int64_t B = hidden.size(0), T = hidden.size(1), H = hidden.size(2);
+  GMSA_CHECK(sizes.device() == hidden.device() && sizes.scalar_type() == torch::kLong && sizes.is_contiguous() &&
+                 sizes.dim() == 2 && sizes.size(0) == 2 && sizes.size(1) == B,
+             "fused::group_mean: sizes must be [2, {}] int64 on {}", B, hidden.device().str());
+  c10::cuda::CUDAGuard guard(hidden.device());
+  auto out = torch::empty({B, groups, H}, hidden.options());
+  kernels::group_mean_bf16(hidden.data_ptr(), B, T, H, sizes.data_ptr<int64_t>(), sizes.data_ptr<int64_t>() + B,
+                           out.data_ptr(), groups, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 #else
 
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { return {}; }
 torch::Tensor rope(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
+bool rope_into(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  return false;
+}
 torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { return {}; }
+torch::Tensor group_mean(const torch::Tensor&, const torch::Tensor&, int64_t) { return {}; }
 
 #endif
 

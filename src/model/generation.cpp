@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "gmsa/model/compat.h"
 #include "gmsa/model/decode_ops.h"
 #include "gmsa/model/decode_step.h"
 #include "gmsa/model/device_clock.h"
@@ -12,14 +13,6 @@
 
 namespace gmsa {
 namespace {
-
-// A host tensor on the device without the host waiting: copied from pinned memory (where it is
-// not there already) asynchronously; a copy from pageable memory waits for the work queued
-// before it, which kept the host from queuing the prefill behind a compression still running.
-torch::Tensor to_device(const torch::Tensor& host, const torch::Device& device) {
-  if (!device.is_cuda()) return host.to(device);
-  return host.pin_memory().to(device, /*non_blocking=*/true);
-}
 
 // Left-padded batch: prompts end at the same column so that decoding appends in lockstep.
 struct PaddedBatch {
@@ -64,13 +57,13 @@ PaddedBatch pad_left(Decoder& dec, const std::vector<GenerationPrompt>& prompts)
     std::fill(real, real + T - lens[b], 0);
     std::fill(real + T - lens[b], real + T, 1);
   }
-  auto ids_dev = to_device(ids, device);
+  auto ids_dev = compat::to_device_async(ids, device);
   auto embeds = dec->embed(ids_dev);
   for (int64_t b = 0; b < B; ++b) {
     const auto& p = prompts[b];
     if (p.prefix_embeds.defined()) embeds[b].narrow(0, T - lens[b], p.prefix_embeds.size(0)).copy_(p.prefix_embeds);
   }
-  return {embeds, to_device(mask, device), padded};
+  return {embeds, compat::to_device_async(mask, device), padded};
 }
 
 torch::Tensor apply_repetition_penalty(const torch::Tensor& logits, const torch::Tensor& seen, double p) {
@@ -185,12 +178,12 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
       int64_t* at = flat.data_ptr<int64_t>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t id : prompts[b].ids) *at++ = b * mc.vocab_size + id;
-      if (n > 0) seen.view(-1).index_fill_(0, to_device(flat, device), true);
+      if (n > 0) seen.view(-1).index_fill_(0, compat::to_device_async(flat, device), true);
     }
   }
   at::Generator gen = at::detail::createCPUGenerator(cfg.seed);
   auto longs = torch::TensorOptions().dtype(torch::kLong).device(device);
-  auto eos_t = to_device(torch::tensor(eos, torch::kLong), device);
+  auto eos_t = compat::to_device_async(torch::tensor(eos, torch::kLong), device);
   auto out = torch::empty({B, N}, longs);  // new tokens, EOS and what follows included
   auto finished = torch::zeros({B}, longs.dtype(torch::kBool));
   auto pick = [&](torch::Tensor logits, int64_t step) {

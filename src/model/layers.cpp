@@ -257,11 +257,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
     return r.defined() ? r : apply_rope(t.transpose(1, 2), *ctx.rope);
   };
   q = rotate(q);
-  k = rotate(k);
   if (ctx.cache && ctx.cache_slot.defined()) {
     auto& ck = ctx.cache->k[ctx.layer];
     auto& cv = ctx.cache->v[ctx.layer];
-    ck.index_copy_(2, ctx.cache_slot, k);
+    ck.index_copy_(2, ctx.cache_slot, rotate(k));
     cv.index_copy_(2, ctx.cache_slot, v);
     k = ck;
     v = cv;
@@ -270,10 +269,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
     auto& cv = ctx.cache->v[ctx.layer];
     const int64_t start = ctx.cache->length, end = start + T;
     GMSA_CHECK(end <= ck.size(2), "KV cache overflow: {} positions needed, capacity {}", end, ck.size(2));
-    ck.narrow(2, start, T).copy_(k);
+    // The rotated keys are written straight into the cache where the kernel applies.
+    auto k_cols = ck.narrow(2, start, T);
+    if (!fused::rope_into(k, ctx.rope->cos, ctx.rope->sin, k_cols)) k_cols.copy_(rotate(k));
     cv.narrow(2, start, T).copy_(v);
     k = ck.narrow(2, 0, end);
     v = cv.narrow(2, 0, end);
+  } else {
+    k = rotate(k);
   }
   const int64_t groups = num_heads / num_kv_heads;
   auto out = compat::attention(q, repeat_kv(k, groups), repeat_kv(v, groups), ctx.mask,

@@ -102,6 +102,28 @@ TEST(GroupMerging, HostLengthsGiveTheSameResult) {
   EXPECT_EQ(from_host.embeds.size(1), 3);
 }
 
+// Right-padded rows (the compressor's batches) give what the general path gives on their
+// prefix mask, on rows of different lengths (one empty) and rates; bad sizes are clear errors.
+TEST(GroupMerging, RightPaddedRowsEqualThePrefixMask) {
+  torch::manual_seed(2);
+  const int64_t T = 13, H = 5;
+  auto states = torch::randn({4, T, H}, torch::kDouble);
+  const std::vector<int64_t> lens{13, 0, 6, 9};
+  auto mask = torch::zeros({4, T}, torch::kLong);
+  for (int64_t b = 0; b < 4; ++b) mask[b].narrow(0, 0, lens[b]).fill_(1);
+  auto rates = torch::tensor({4, 2, 5, 1});
+  auto general = group_merge(states, mask, rates);
+  auto padded = group_merge_right_padded(states, torch::tensor(lens), rates);
+  EXPECT_TRUE(torch::equal(padded.embeds, general.embeds));
+  EXPECT_TRUE(torch::equal(padded.mask, general.mask));
+  EXPECT_TRUE(torch::equal(padded.lengths, torch::tensor({4, 0, 2, 9})));
+  EXPECT_TRUE(torch::equal(padded.embeds[1], torch::zeros({9, H}, torch::kDouble)));
+  EXPECT_THROW(group_merge_right_padded(states, torch::tensor({13, 0, 6, 14}), rates), gmsa::Error);
+  EXPECT_THROW(group_merge_right_padded(states, torch::tensor({13, 0, 6}), rates), gmsa::Error);
+  EXPECT_THROW(group_merge_right_padded(states, torch::tensor(lens), torch::tensor({4, 0, 5, 1})), gmsa::Error);
+  EXPECT_THROW(group_merge_right_padded(states[0], torch::tensor({13}), torch::tensor({4})), gmsa::Error);
+}
+
 // Sizes live on the host: the soft-token lengths are a CPU tensor whatever hidden's device, and
 // with host lengths and rates nothing is read from the device (checked on CUDA builds with a GPU).
 TEST(GroupMerging, LengthsAreOnTheHost) {

@@ -4,11 +4,13 @@
 #include <limits>
 
 #include "gmsa/compressor/gmsa_model.h"
+#include "gmsa/compressor/group_merging.h"
 #include "gmsa/model/compat.h"
 #include "gmsa/model/decode_ops.h"
 #include "gmsa/model/decode_step.h"
 #include "gmsa/model/fused_ops.h"
 #include "gmsa/model/generation.h"
+#include "gmsa/util/error.h"
 #include "test_util.h"
 
 using namespace gmsa;
@@ -163,7 +165,17 @@ TEST(Cuda, FusedKernelsReproduceThePlainOps) {
   Rope rope = rope_tables(rope_inv_freq(mc).cuda(), pos, torch::kBFloat16);
   auto fused_q = fused::rope(q, rope.cos, rope.sin);
   ASSERT_TRUE(fused_q.defined());
-  EXPECT_TRUE(torch::equal(fused_q, apply_rope(q.transpose(1, 2), rope).contiguous()));
+  auto plain_q = apply_rope(q.transpose(1, 2), rope).contiguous();
+  EXPECT_TRUE(torch::equal(fused_q, plain_q));
+  EXPECT_TRUE(fused_q.transpose(1, 2).is_contiguous());  // token-major underneath, for attention's output
+  // Written into KV-cache columns 3..9 of 12: the same values there, the other columns untouched.
+  auto cache = torch::full({2, 4, 12, 64}, 7.0, bf);
+  ASSERT_TRUE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 7)));
+  EXPECT_TRUE(torch::equal(cache.narrow(2, 3, 7), plain_q));
+  EXPECT_TRUE((cache.narrow(2, 0, 3) == 7).all().item<bool>());
+  EXPECT_TRUE((cache.narrow(2, 10, 2) == 7).all().item<bool>());
+  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 6)));  // wrong shape: nothing written
+  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 7).to(torch::kFloat)));
 
   auto gate = torch::randn({6, 11008}, bf) * 4, up = torch::randn({6, 11008}, bf);
   auto fused_h = fused::silu_mul(gate, up);
@@ -287,6 +299,53 @@ TEST(Cuda, FusedKernelsKeepTheAutoencoderStep) {
   auto [fused_loss, fused_grad] = step();
   EXPECT_NEAR(fused_loss, plain_loss, 1e-2 * std::abs(plain_loss));
   EXPECT_LT(rel_l2(fused_grad, plain_grad), 5e-2);
+}
+
+// Group merging's kernel (inference) against the general path and an fp64 reference, on rows
+// of different lengths (one empty, one not a multiple of its rate) and rates, at the 7B's
+// width (8 values per thread) and an odd one (one); under autograd the general path runs.
+TEST(Cuda, GroupMeanKernelEqualsGroupMerging) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the fused CUDA kernels (no nvcc at configure time)";
+  torch::manual_seed(4);
+  const std::vector<int64_t> lens{37, 0, 40, 13};
+  const int64_t B = 4, T = 40, M = 40;  // M: the rate-1 row's 40 soft tokens
+  auto rates = torch::tensor({4, 8, 1, 5});
+  auto mask = torch::zeros({B, T}, torch::kLong);
+  for (int64_t b = 0; b < B; ++b) mask[b].narrow(0, 0, lens[b]).fill_(1);
+  auto sizes = torch::stack({rates, torch::tensor(lens)}).cuda();
+  for (int64_t H : {4096, 20}) {
+    auto states = torch::randn({B, T, H}, torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA));
+    torch::Tensor kernel;
+    SoftTokens padded, general, exact;
+    {
+      torch::NoGradGuard g;
+      kernel = fused::group_mean(states, sizes, M);
+      ASSERT_TRUE(kernel.defined()) << "H=" << H;
+      padded = group_merge_right_padded(states, torch::tensor(lens), rates);
+      general = group_merge(states, mask.cuda(), rates, torch::tensor(lens));
+      exact = group_merge(states.to(torch::kDouble), mask.cuda(), rates, torch::tensor(lens));
+    }
+    EXPECT_TRUE(torch::equal(padded.embeds, kernel)) << "H=" << H;  // the compressor's path runs the kernel
+    EXPECT_TRUE(within_ulp(kernel, general.embeds)) << "H=" << H;
+    EXPECT_TRUE(within_ulp(kernel, exact.embeds.to(torch::kBFloat16))) << "H=" << H;
+    EXPECT_TRUE(torch::equal(kernel[1], torch::zeros_like(kernel[1])));
+    EXPECT_TRUE(torch::equal(padded.mask, general.mask));
+    EXPECT_TRUE(torch::equal(padded.lengths, general.lengths));
+    // Under autograd: the general path, whose gradient reaches the states.
+    auto leaf = states.detach().requires_grad_();
+    EXPECT_FALSE(fused::group_mean(leaf, sizes, M).defined());
+    auto trained = group_merge_right_padded(leaf, torch::tensor(lens), rates);
+    EXPECT_TRUE(within_ulp(trained.embeds.detach(), kernel));
+    trained.embeds.to(torch::kFloat).sum().backward();
+    ASSERT_TRUE(leaf.grad().defined());
+    // d mean / d state = 1 / group size: 1/4 for row 0's first state, 0 for its padding.
+    EXPECT_FLOAT_EQ(leaf.grad()[0][0][0].item<float>(), 0.25f);
+    EXPECT_FLOAT_EQ(leaf.grad()[0][38][0].item<float>(), 0.f);
+  }
+  EXPECT_THROW(fused::group_mean(torch::zeros({B, T, 8}, torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA)),
+                                 sizes.cpu(), M),
+               gmsa::Error);
 }
 
 // The decoding step's kernels against the plain ops on the same bf16 inputs.

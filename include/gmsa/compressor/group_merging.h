@@ -26,6 +26,13 @@ struct SoftTokens {
 SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
                        const torch::Tensor& rates, const torch::Tensor& host_lengths = {});
 
+// The same for right-padded rows, as the compressor's batches are: row b's real states are
+// its first host_lengths[b] (on the host, validated). No mask is read; on bf16 CUDA states
+// without autograd one fused kernel computes the means (fp32 sums in token order, where the
+// general path scatter-adds them: the two agree to fp32 rounding), elsewhere the general path runs.
+SoftTokens group_merge_right_padded(const torch::Tensor& hidden, const torch::Tensor& host_lengths,
+                                    const torch::Tensor& rates);
+
 // ceil(L / r) for each sample (on the inputs' device).
 torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tensor& rates);
 
