@@ -36,7 +36,11 @@ SoftTokens CompressorImpl::forward(const torch::Tensor& ids, const torch::Tensor
     return memory->read(states, len_host, counts_host);
   }
   auto soft = group_merge_right_padded(encoder->forward(ctx), len_host, r_host);
-  soft.embeds = lsa->forward(soft.embeds) * soft.mask.unsqueeze(-1).to(soft.embeds.scalar_type());
+  soft.embeds = lsa->forward(soft.embeds);
+  // LSA maps the zero padding to non-zero vectors: zero them again (sizes on the host, so a batch
+  // without padding skips the product).
+  if ((soft.lengths < soft.embeds.size(1)).any().item<bool>())
+    soft.embeds = soft.embeds * soft.mask.unsqueeze(-1).to(soft.embeds.scalar_type());
   return soft;
 }
 

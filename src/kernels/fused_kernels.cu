@@ -71,7 +71,8 @@ __device__ __forceinline__ void store_bf(__nv_bfloat16* p, const float (&f)[V]) 
 template <int V>
 __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
                             const __nv_bfloat16* cos, const __nv_bfloat16* sin, __nv_bfloat16* out,
-                            int64_t tokens, int64_t heads, int64_t dim, int64_t pairs, RopeOut o) {
+                            int64_t tokens, int64_t heads, int64_t dim, int64_t pairs, RopeOut o,
+                            RopeValues values) {
   const int64_t idx = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
   if (idx >= pairs) return;
   const RopePair p(idx, tokens, heads, dim);
@@ -94,6 +95,14 @@ __global__ void rope_kernel(const __nv_bfloat16* x, int64_t x_token_stride,
   }
   store_bf<V>(dst + i, o_lo);
   store_bf<V>(dst + i + half, o_hi);
+  if (values.v != nullptr) {  // the same positions of the values, unrotated (bf16 -> fp32 -> bf16 is exact)
+    const auto* v = static_cast<const __nv_bfloat16*>(values.v) + p.bt * values.token_stride + p.h * dim;
+    auto* v_dst = static_cast<__nv_bfloat16*>(values.out) + (dst - out);
+    load_bf<V>(v + i, lo);
+    load_bf<V>(v + i + half, hi);
+    store_bf<V>(v_dst + i, lo);
+    store_bf<V>(v_dst + i + half, hi);
+  }
 }
 
 // One thread per V consecutive outputs of a row.
@@ -223,19 +232,20 @@ void rms_norm_bf16(const void* x, int64_t x_stride, const void* w, void* out, in
 }
 
 void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out, RopeOut o,
-               int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
+               RopeValues values, int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream) {
   const int64_t pairs = batch * tokens * heads * (dim / 2);
   if (pairs == 0) return;
   const auto* xp = static_cast<const __nv_bfloat16*>(x);
   const auto* cp = static_cast<const __nv_bfloat16*>(cos);
   const auto* sp = static_cast<const __nv_bfloat16*>(sin);
   auto* op = static_cast<__nv_bfloat16*>(out);
-  if (vec8_fits({x, cos, sin, out}, {x_token_stride, dim / 2, o.batch, o.head, o.token}))
+  if (vec8_fits({x, cos, sin, out, values.v, values.out},
+                {x_token_stride, dim / 2, o.batch, o.head, o.token, values.token_stride}))
     rope_kernel<8><<<blocks_for(pairs / 8, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads,
-                                                                   dim, pairs, o);
+                                                                   dim, pairs, o, values);
   else
     rope_kernel<1><<<blocks_for(pairs, 256), 256, 0, stream>>>(xp, x_token_stride, cp, sp, op, tokens, heads, dim,
-                                                               pairs, o);
+                                                               pairs, o, values);
 }
 
 void silu_mul_bf16(const void* gate, int64_t gate_stride, const void* up, int64_t up_stride, void* out,

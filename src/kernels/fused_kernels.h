@@ -19,11 +19,19 @@ struct RopeOut {
   int64_t batch, head, token;
 };
 
+// Values copied unrotated alongside the keys (the prefill's KV-cache store): v [B, T, heads, D]
+// at row stride `token_stride`, written to `out` at the rotated output's strides. v null: none.
+struct RopeValues {
+  const void* v = nullptr;
+  int64_t token_stride = 0;
+  void* out = nullptr;
+};
+
 // Rotary embedding: x [B, T, heads, D] (row stride `x_token_stride` between tokens), cos/sin
 // [B, T, D] contiguous, out at the strides `o`: out = x * cos + rotate_half(x) * sin, each
 // product and the sum rounded to bf16.
 void rope_bf16(const void* x, int64_t x_token_stride, const void* cos, const void* sin, void* out, RopeOut o,
-               int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
+               RopeValues values, int64_t batch, int64_t tokens, int64_t heads, int64_t dim, cudaStream_t stream);
 
 // out = bf16(silu(gate)) * up (SwiGLU's product) over [rows, cols] bf16: gate and up rows at
 // their own strides (views of one packed gate/up projection, or contiguous), out contiguous.

@@ -100,11 +100,15 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
   }
 };
 
-// Writes RoPE(x) into out, a [B, heads, T, D] tensor or view with a contiguous last dimension.
-void rope_fwd(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out) {
+// Writes RoPE(x) into out, a [B, heads, T, D] tensor or view with a contiguous last dimension,
+// and the values (laid out as x) unrotated into values_out (laid out as out) when given.
+void rope_fwd(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out,
+              const torch::Tensor& values = {}, const torch::Tensor& values_out = {}) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
   const kernels::RopeOut o{out.stride(0), out.stride(1), out.stride(2)};
-  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), o, B, T, H, D,
+  kernels::RopeValues v;
+  if (values.defined()) v = {values.data_ptr(), values.stride(1), values_out.data_ptr()};
+  kernels::rope_bf16(x.data_ptr(), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), o, v, B, T, H, D,
                      stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -166,14 +170,25 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 
 namespace {
 
+// Heads and dims packed within a token, tokens evenly strided: a view of [B, T, H * D].
+bool token_rows(const torch::Tensor& x) {
+  if (x.dim() != 4) return false;
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(3);
+  return x.stride(3) == 1 && x.stride(2) == D && (B == 1 || x.stride(0) == T * x.stride(1));
+}
+
 // Whether the kernel serves x [B, T, heads, D] with these tables.
 bool rope_applies(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  if (!all_bf16_cuda({&x, &cos, &sin}) || x.dim() != 4) return false;
-  const int64_t B = x.size(0), T = x.size(1), D = x.size(3);
-  // Heads and dims packed within a token; tokens evenly strided (a view of [B, T, H * D]).
-  if (x.stride(3) != 1 || x.stride(2) != D || (B > 1 && x.stride(0) != T * x.stride(1))) return false;
-  if (!cos.is_contiguous() || !sin.is_contiguous() || cos.size(0) != B || cos.size(2) != T) return false;
+  if (!all_bf16_cuda({&x, &cos, &sin}) || !token_rows(x)) return false;
+  if (!cos.is_contiguous() || !sin.is_contiguous() || cos.size(0) != x.size(0) || cos.size(2) != x.size(1))
+    return false;
   return !wants_grad({&cos, &sin});  // positions are never trained
+}
+
+// out: [B, heads, T, D] for x [B, T, heads, D], last dimension contiguous, bf16 on x's device.
+bool rotated_layout(const torch::Tensor& x, const torch::Tensor& out) {
+  return all_bf16_cuda({&out}) && out.dim() == 4 && out.device() == x.device() && out.stride(3) == 1 &&
+         out.size(0) == x.size(0) && out.size(1) == x.size(2) && out.size(2) == x.size(1) && out.size(3) == x.size(3);
 }
 
 }  // namespace
@@ -190,13 +205,17 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
   return out;
 }
 
-bool rope_into(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out) {
-  if (!rope_applies(x, cos, sin) || wants_grad({&x}) || !all_bf16_cuda({&out}) || out.dim() != 4) return false;
-  if (out.device() != x.device() || out.stride(3) != 1 || out.size(0) != x.size(0) || out.size(1) != x.size(2) ||
-      out.size(2) != x.size(1) || out.size(3) != x.size(3))
-    return false;
+bool rope_into(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out,
+               const torch::Tensor& values, const torch::Tensor& values_out) {
+  if (!rope_applies(x, cos, sin) || wants_grad({&x}) || !rotated_layout(x, out)) return false;
+  if (values.defined()) {
+    if (!all_bf16_cuda({&values}) || values.sizes() != x.sizes() || !token_rows(values) ||
+        values.device() != x.device() || wants_grad({&values}) || !values_out.defined() ||
+        values_out.strides() != out.strides() || !rotated_layout(x, values_out))
+      return false;
+  }
   c10::cuda::CUDAGuard guard(x.device());
-  rope_fwd(x, cos, sin, out);
+  rope_fwd(x, cos, sin, out, values, values_out);
   return true;
 }
 
@@ -229,7 +248,8 @@ torch::Tensor group_mean(const torch::Tensor& hidden, const torch::Tensor& sizes
 
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { return {}; }
 torch::Tensor rope(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
-bool rope_into(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+bool rope_into(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+               const torch::Tensor&, const torch::Tensor&) {
   return false;
 }
 torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { return {}; }

@@ -246,7 +246,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   auto [q_all, k_all, v_all] = project_qkv(x);
   auto q = q_all.view({B, T, num_heads, head_dim});
   auto k = k_all.view({B, T, num_kv_heads, head_dim});
-  auto v = v_all.view({B, T, num_kv_heads, head_dim}).transpose(1, 2);
+  auto v_rows = v_all.view({B, T, num_kv_heads, head_dim});
+  auto v = v_rows.transpose(1, 2);
   if (!q_norm.is_empty()) {
     q = q_norm(q);
     k = k_norm(k);
@@ -269,10 +270,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
     auto& cv = ctx.cache->v[ctx.layer];
     const int64_t start = ctx.cache->length, end = start + T;
     GMSA_CHECK(end <= ck.size(2), "KV cache overflow: {} positions needed, capacity {}", end, ck.size(2));
-    // The rotated keys are written straight into the cache where the kernel applies.
-    auto k_cols = ck.narrow(2, start, T);
-    if (!fused::rope_into(k, ctx.rope->cos, ctx.rope->sin, k_cols)) k_cols.copy_(rotate(k));
-    cv.narrow(2, start, T).copy_(v);
+    // The rotated keys and the values go straight into the cache where the kernel applies.
+    auto k_cols = ck.narrow(2, start, T), v_cols = cv.narrow(2, start, T);
+    if (!fused::rope_into(k, ctx.rope->cos, ctx.rope->sin, k_cols, v_rows, v_cols)) {
+      k_cols.copy_(rotate(k));
+      v_cols.copy_(v);
+    }
     k = ck.narrow(2, 0, end);
     v = cv.narrow(2, 0, end);
   } else {

@@ -231,6 +231,9 @@ TEST_P(Methods, SoftTokenCountIsCeilLOverR) {
   EXPECT_EQ(soft.lengths[0].item<int64_t>(), 4);
   EXPECT_EQ(soft.lengths[1].item<int64_t>(), 1);
   EXPECT_EQ(soft.embeds.size(1), 4);
+  auto padding = soft.embeds[1].narrow(0, 1, 3);  // zero, whatever LSA or the MLP map zeros to
+  EXPECT_TRUE(torch::equal(padding, torch::zeros_like(padding)));
+  EXPECT_TRUE(torch::equal(soft.mask, torch::tensor({1, 1, 1, 1, 1, 0, 0, 0}).view({2, 4})));
 }
 
 // Sizes live on the host: the compressor's soft-token lengths and the packed input's lengths

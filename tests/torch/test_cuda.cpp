@@ -168,14 +168,26 @@ TEST(Cuda, FusedKernelsReproduceThePlainOps) {
   auto plain_q = apply_rope(q.transpose(1, 2), rope).contiguous();
   EXPECT_TRUE(torch::equal(fused_q, plain_q));
   EXPECT_TRUE(fused_q.transpose(1, 2).is_contiguous());  // token-major underneath, for attention's output
-  // Written into KV-cache columns 3..9 of 12: the same values there, the other columns untouched.
-  auto cache = torch::full({2, 4, 12, 64}, 7.0, bf);
-  ASSERT_TRUE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 7)));
-  EXPECT_TRUE(torch::equal(cache.narrow(2, 3, 7), plain_q));
-  EXPECT_TRUE((cache.narrow(2, 0, 3) == 7).all().item<bool>());
-  EXPECT_TRUE((cache.narrow(2, 10, 2) == 7).all().item<bool>());
-  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 6)));  // wrong shape: nothing written
-  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache.narrow(2, 3, 7).to(torch::kFloat)));
+  // Keys and values written into KV-cache columns 3..9 of 12 (the values unrotated): the same
+  // values there, the other columns untouched.
+  auto vals = torch::randn({2, 7, 4 * 64}, bf).view({2, 7, 4, 64});
+  auto cache_k = torch::full({2, 4, 12, 64}, 7.0, bf), cache_v = torch::full({2, 4, 12, 64}, 7.0, bf);
+  ASSERT_TRUE(fused::rope_into(q, rope.cos, rope.sin, cache_k.narrow(2, 3, 7), vals, cache_v.narrow(2, 3, 7)));
+  EXPECT_TRUE(torch::equal(cache_k.narrow(2, 3, 7), plain_q));
+  EXPECT_TRUE(torch::equal(cache_v.narrow(2, 3, 7), vals.transpose(1, 2)));
+  for (const auto& c : {cache_k, cache_v}) {
+    EXPECT_TRUE((c.narrow(2, 0, 3) == 7).all().item<bool>());
+    EXPECT_TRUE((c.narrow(2, 10, 2) == 7).all().item<bool>());
+  }
+  ASSERT_TRUE(fused::rope_into(q, rope.cos, rope.sin, cache_k.narrow(2, 5, 7)));  // keys alone
+  EXPECT_TRUE(torch::equal(cache_k.narrow(2, 5, 7), plain_q));
+  // Where the kernel does not apply nothing is written: wrong shape, fp32, values of another shape.
+  auto before = cache_k.clone();
+  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache_k.narrow(2, 3, 6)));
+  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache_k.narrow(2, 3, 7).to(torch::kFloat)));
+  EXPECT_FALSE(fused::rope_into(q, rope.cos, rope.sin, cache_k.narrow(2, 3, 7), vals.narrow(1, 0, 6),
+                                cache_v.narrow(2, 3, 6)));
+  EXPECT_TRUE(torch::equal(cache_k, before));
 
   auto gate = torch::randn({6, 11008}, bf) * 4, up = torch::randn({6, 11008}, bf);
   auto fused_h = fused::silu_mul(gate, up);

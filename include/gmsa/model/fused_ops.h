@@ -26,10 +26,12 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 // view of a token-major buffer (so attention's output needs no copy before o_proj), under
 // autograd a contiguous tensor (the layout of the backward kernel).
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
-// The same without autograd, written into out: [B, heads, T, D] with a contiguous last dimension
-// (the prefill's keys go straight into the KV cache's columns). False, with nothing written,
-// where the kernel does not apply.
-bool rope_into(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out);
+// The same without autograd, written into out: [B, heads, T, D] with a contiguous last dimension.
+// values (laid out as x), when given, are copied unrotated into values_out (strided as out) by the
+// same kernel: the prefill's keys and values go straight into the KV cache's columns. False, with
+// nothing written, where the kernel does not apply.
+bool rope_into(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& out,
+               const torch::Tensor& values = {}, const torch::Tensor& values_out = {});
 // silu(gate) * up.
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 // Group merging's means for right-padded rows, without autograd (inference): hidden [B, T, H];
