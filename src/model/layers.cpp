@@ -51,6 +51,18 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
       .view(y.sizes());
 }
 
+torch::Tensor LinearImpl::forward_add(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
+  const bool one_gemm = !torch::GradMode::is_enabled() && !lora_A.defined() && !bias.defined() &&
+                        residual.is_contiguous() && residual.scalar_type() == x.scalar_type() &&
+                        residual.dim() == x.dim() && residual.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1) &&
+                        residual.size(-1) == out_features;
+  if (!one_gemm) return residual + forward(x);
+  auto x2 = x.reshape({-1, in_features});
+  auto w = cast_like(weight, x).t();
+  auto r2 = residual.view({-1, out_features});
+  return (reuse ? r2.addmm_(x2, w) : torch::addmm(r2, x2, w)).view(residual.sizes());
+}
+
 void LinearImpl::add_lora(const LoraSpec& spec) {
   GMSA_CHECK(spec.r > 0, "LoRA rank must be positive, got {}", spec.r);
   auto opts = torch::TensorOptions().dtype(torch::kFloat).device(weight.device());
@@ -241,7 +253,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project_q
   return {q_proj(x), k_proj(x), v_proj(x)};
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1);
   auto [q_all, k_all, v_all] = project_qkv(x);
   auto q = q_all.view({B, T, num_heads, head_dim});
@@ -284,7 +296,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   const int64_t groups = num_heads / num_kv_heads;
   auto out = compat::attention(q, repeat_kv(k, groups), repeat_kv(v, groups), ctx.mask,
                                /*causal=*/true, 1.0 / std::sqrt(static_cast<double>(head_dim)));
-  return o_proj(out.transpose(1, 2).reshape({B, T, num_heads * head_dim}));
+  auto heads = out.transpose(1, 2).reshape({B, T, num_heads * head_dim});
+  return residual.defined() ? o_proj->forward_add(heads, residual) : o_proj(heads);
 }
 
 // ---------------------------------------------------------------- MLP and block
@@ -302,7 +315,7 @@ PackedProjections MLPImpl::packed_gate_up() {
   return gate_up_;
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
   torch::Tensor gate, up;
   auto p = torch::GradMode::is_enabled() ? PackedProjections() : packed_gate_up();
   if (p.defined() && p.weight.scalar_type() == x.scalar_type()) {
@@ -314,7 +327,8 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
     up = up_proj(x);
   }
   auto h = fused::silu_mul(gate, up);
-  return down_proj(h.defined() ? h : torch::silu(gate) * up);
+  if (!h.defined()) h = torch::silu(gate) * up;
+  return residual.defined() ? down_proj->forward_add(h, residual, reuse) : down_proj(h);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
@@ -326,8 +340,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
-  auto h = x + self_attn->forward(input_layernorm(x), ctx);
-  return h + mlp(post_attention_layernorm(h));
+  // The residual adds ride on o_proj's and down's GEMMs where they can (Linear::forward_add);
+  // h is this block's own tensor, so the second sum may overwrite it.
+  auto h = self_attn->forward(input_layernorm(x), ctx, /*residual=*/x);
+  return mlp->forward(post_attention_layernorm(h), /*residual=*/h, /*reuse=*/true);
 }
 
 std::vector<std::pair<std::string, Linear>> DecoderLayerImpl::linears() {
