@@ -283,6 +283,36 @@ TEST(Lora, ForwardAndGradientsFollowTheDefinition) {
   EXPECT_LT(max_rel_diff(lin->lora_B.grad(), Bm.grad()), 1e-5);
 }
 
+// residual + x W^T with the residual as the GEMM's accumulator (no autograd): the sum of the
+// plain ops; the residual is overwritten only when handed over; with autograd, LoRA or a bias
+// the plain ops run (and record their gradient).
+TEST(Linear, ForwardAddEqualsTheSumAndOnlyReusesWhenAllowed) {
+  torch::manual_seed(4);
+  Linear lin(12, 10, false);
+  auto x = torch::randn({2, 5, 12}), r = torch::randn({2, 5, 10});
+  torch::Tensor expect;
+  {
+    torch::NoGradGuard off;
+    expect = r + lin(x);
+    auto kept = r.clone();
+    EXPECT_TRUE(torch::allclose(lin->forward_add(x, kept), expect, 1e-6, 1e-6));
+    EXPECT_TRUE(torch::equal(kept, r));  // not handed over: untouched
+    auto sum = lin->forward_add(x, kept, /*reuse=*/true);
+    EXPECT_TRUE(torch::allclose(sum, expect, 1e-6, 1e-6));
+    EXPECT_EQ(sum.data_ptr(), kept.data_ptr());  // handed over: the sum is written into it
+  }
+  auto leaf = x.clone().requires_grad_(true);
+  auto traced = lin->forward_add(leaf, r, /*reuse=*/true);
+  EXPECT_TRUE(traced.requires_grad());
+  EXPECT_TRUE(torch::allclose(traced.detach(), expect, 1e-6, 1e-6));
+  EXPECT_FALSE(torch::equal(r, expect));  // autograd: the plain sum, the residual left alone
+  Linear biased(12, 10, true);
+  torch::NoGradGuard off;
+  auto kept = r.clone();
+  EXPECT_TRUE(torch::allclose(biased->forward_add(x, kept, true), r + biased(x), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::equal(kept, r));
+}
+
 // Packed projections: q/k/v (gate/up) weights become views of one tensor and no-grad forwards
 // run one GEMM per group; the model's function, names and trainability are unchanged.
 TEST_P(DecoderFamilies, PackedProjectionsKeepTheFunction) {
