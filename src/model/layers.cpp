@@ -52,7 +52,9 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
 }
 
 torch::Tensor LinearImpl::forward_add(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
-  const bool one_gemm = !torch::GradMode::is_enabled() && !lora_A.defined() && !bias.defined() &&
+  // Inference only: a checkpointed layer's first pass (no autograd, training mode) must round
+  // exactly as its recomputation with autograd does.
+  const bool one_gemm = !is_training() && !torch::GradMode::is_enabled() && !lora_A.defined() && !bias.defined() &&
                         residual.is_contiguous() && residual.scalar_type() == x.scalar_type() &&
                         residual.dim() == x.dim() && residual.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1) &&
                         residual.size(-1) == out_features;

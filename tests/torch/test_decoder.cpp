@@ -283,13 +283,21 @@ TEST(Lora, ForwardAndGradientsFollowTheDefinition) {
   EXPECT_LT(max_rel_diff(lin->lora_B.grad(), Bm.grad()), 1e-5);
 }
 
-// residual + x W^T with the residual as the GEMM's accumulator (no autograd): the sum of the
-// plain ops; the residual is overwritten only when handed over; with autograd, LoRA or a bias
-// the plain ops run (and record their gradient).
+// residual + x W^T with the residual as the GEMM's accumulator (inference): the sum of the
+// plain ops; the residual is overwritten only when handed over; in training mode (a
+// checkpointed layer's first pass), with autograd, LoRA or a bias the plain ops run.
 TEST(Linear, ForwardAddEqualsTheSumAndOnlyReusesWhenAllowed) {
   torch::manual_seed(4);
   Linear lin(12, 10, false);
   auto x = torch::randn({2, 5, 12}), r = torch::randn({2, 5, 10});
+  {
+    torch::NoGradGuard off;
+    auto kept = r.clone();
+    ASSERT_TRUE(lin->is_training());
+    EXPECT_TRUE(torch::allclose(lin->forward_add(x, kept, /*reuse=*/true), r + lin(x), 1e-6, 1e-6));
+    EXPECT_TRUE(torch::equal(kept, r));  // training mode: the plain sum
+  }
+  lin->eval();
   torch::Tensor expect;
   {
     torch::NoGradGuard off;
@@ -307,6 +315,7 @@ TEST(Linear, ForwardAddEqualsTheSumAndOnlyReusesWhenAllowed) {
   EXPECT_TRUE(torch::allclose(traced.detach(), expect, 1e-6, 1e-6));
   EXPECT_FALSE(torch::equal(r, expect));  // autograd: the plain sum, the residual left alone
   Linear biased(12, 10, true);
+  biased->eval();
   torch::NoGradGuard off;
   auto kept = r.clone();
   EXPECT_TRUE(torch::allclose(biased->forward_add(x, kept, true), r + biased(x), 1e-6, 1e-6));

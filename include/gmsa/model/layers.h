@@ -42,10 +42,10 @@ class LinearImpl : public ModuleBase {
  public:
   LinearImpl(int64_t in, int64_t out, bool bias);
   torch::Tensor forward(const torch::Tensor& x);
-  // residual + forward(x). Without autograd, LoRA or bias, one GEMM with the residual as its
-  // accumulator (beta 1, the sum rounded once): the separate add's passes over the [tokens, out]
-  // output go (0.38 ms per residual at 48,000 tokens of the 7B shape). With `reuse` the caller
-  // hands the residual over and the sum is written into it.
+  // residual + forward(x). For inference (eval mode, no autograd) without LoRA or bias, one GEMM
+  // with the residual as its accumulator (beta 1, the sum rounded once): the separate add's
+  // passes over the [tokens, out] output go (0.38 ms per residual at 48,000 tokens of the 7B
+  // shape). With `reuse` the caller hands the residual over and the sum is written into it.
   torch::Tensor forward_add(const torch::Tensor& x, const torch::Tensor& residual, bool reuse = false);
 
   void add_lora(const LoraSpec& spec);
