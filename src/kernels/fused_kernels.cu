@@ -1,6 +1,7 @@
 // Fused elementwise kernels (bf16) for RMSNorm, RoPE and SwiGLU's product, with backward
-// kernels, and group merging's means. Profiling the autoencoder step put ~45% of its GPU time in elementwise kernels, and
-// the CUDA-graph decoding step is a chain of small launches (docs/performance.md).
+// kernels, and group merging's means. Profiling the autoencoder step put ~45% of its GPU time
+// in elementwise kernels, and the CUDA-graph decoding step is a chain of small launches
+// (docs/performance.md).
 #include <cuda_bf16.h>
 
 #include "common.cuh"

@@ -54,10 +54,11 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
 torch::Tensor LinearImpl::forward_add(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
   // Inference only: a checkpointed layer's first pass (no autograd, training mode) must round
   // exactly as its recomputation with autograd does.
-  const bool one_gemm = !is_training() && !torch::GradMode::is_enabled() && !lora_A.defined() && !bias.defined() &&
-                        residual.is_contiguous() && residual.scalar_type() == x.scalar_type() &&
-                        residual.dim() == x.dim() && residual.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1) &&
-                        residual.size(-1) == out_features;
+  const bool inference = !is_training() && !torch::GradMode::is_enabled();
+  const bool rows_match = residual.dim() == x.dim() && residual.size(-1) == out_features &&
+                          residual.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1);
+  const bool one_gemm = inference && !lora_A.defined() && !bias.defined() && rows_match &&
+                        residual.is_contiguous() && residual.scalar_type() == x.scalar_type();
   if (!one_gemm) return residual + forward(x);
   auto x2 = x.reshape({-1, in_features});
   auto w = cast_like(weight, x).t();
@@ -255,7 +256,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project_q
   return {q_proj(x), k_proj(x), v_proj(x)};
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, const torch::Tensor& residual) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx,
+                                     const torch::Tensor& residual) {
   const int64_t B = x.size(0), T = x.size(1);
   auto [q_all, k_all, v_all] = project_qkv(x);
   auto q = q_all.view({B, T, num_heads, head_dim});
