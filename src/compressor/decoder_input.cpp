@@ -6,7 +6,7 @@
 namespace gmsa {
 
 TextBatch TextBatch::to(torch::Device d) const {
-  return {ids.to(d, /*non_blocking=*/true), prompt_lengths, target_lengths};  // lengths stay on the host
+  return {compat::to_device_async(ids, d), prompt_lengths, target_lengths};  // lengths stay on the host
 }
 
 PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const TextBatch& text) {
@@ -27,7 +27,7 @@ PackedInput pack_decoder_input(Decoder& decoder, const SoftTokens& soft, const T
              p_host.numel(), n_host.numel());
   auto lengths_host = m_host + p_host + n_host;
   const int64_t T = B == 0 ? 0 : lengths_host.max().item<int64_t>();
-  auto lens = torch::stack({m_host, p_host, n_host, lengths_host}).to(device, /*non_blocking=*/true);
+  auto lens = compat::to_device_async(torch::stack({m_host, p_host, n_host, lengths_host}), device);
   auto m = lens[0], p = lens[1], n = lens[2], lengths = lens[3];
   auto t = torch::arange(T, opts).unsqueeze(0);  // [1, T]
   auto rel = t - m.unsqueeze(1);                 // position inside the text part

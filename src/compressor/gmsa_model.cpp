@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "gmsa/io/safetensors.h"
+#include "gmsa/model/compat.h"
 #include "gmsa/util/error.h"
 #include "gmsa/util/io.h"
 
@@ -11,7 +12,7 @@ namespace gmsa {
 ModelBatch ModelBatch::to(torch::Device d) const {
   ModelBatch b;
   if (context_ids.defined()) {
-    b.context_ids = context_ids.to(d, /*non_blocking=*/true);
+    b.context_ids = compat::to_device_async(context_ids, d);
     b.context_lengths = context_lengths;  // sizes stay on the host
     b.rates = rates;
   }

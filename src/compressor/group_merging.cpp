@@ -54,7 +54,7 @@ SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
   auto counts_host = soft_token_counts(len_host, r_host);
   const int64_t M = padded_width(counts_host);
   // One host-to-device copy for rates and counts.
-  auto rc = torch::stack({r_host, counts_host}).to(device, /*non_blocking=*/true);
+  auto rc = compat::to_device_async(torch::stack({r_host, counts_host}), device);
   auto r = rc[0], counts = rc[1];
   // The k-th real token of a row (k counted from 0 over real tokens only) joins group k / r.
   auto rank = valid.to(torch::kLong).cumsum(1) - 1;

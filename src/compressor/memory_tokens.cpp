@@ -1,5 +1,6 @@
 #include "gmsa/compressor/memory_tokens.h"
 
+#include "gmsa/model/compat.h"
 #include "gmsa/util/error.h"
 
 namespace gmsa {
@@ -23,8 +24,8 @@ torch::Tensor MemoryTokensImpl::append(const torch::Tensor& ctx, const torch::Te
   const int64_t T = B == 0 ? 0 : (host_lengths + host_counts).max().item<int64_t>();
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(ctx.device());
   auto t = torch::arange(T, opts).unsqueeze(0);  // [1, T]
-  auto lc = torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)})
-                .to(ctx.device(), /*non_blocking=*/true);
+  auto lc = compat::to_device_async(
+      torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)}), ctx.device());
   auto len = lc[0].unsqueeze(1);  // [B, 1]
   auto cnt = lc[1].unsqueeze(1);
   auto is_ctx = t < len;
@@ -44,8 +45,8 @@ SoftTokens MemoryTokensImpl::read(const torch::Tensor& states, const torch::Tens
   const int64_t M = B == 0 ? 1 : std::max<int64_t>(host_counts.max().item<int64_t>(), 1);
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(states.device());
   auto j = torch::arange(M, opts).unsqueeze(0);
-  auto lc = torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)})
-                .to(states.device(), /*non_blocking=*/true);
+  auto lc = compat::to_device_async(
+      torch::stack({host_lengths.to(torch::kLong), host_counts.to(torch::kLong)}), states.device());
   auto cnt = lc[1].unsqueeze(1);
   auto idx = (lc[0].unsqueeze(1) + j).clamp_max(states.size(1) - 1);
   auto picked = states.gather(1, idx.unsqueeze(-1).expand({B, M, H}));

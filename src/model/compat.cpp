@@ -41,9 +41,9 @@ int64_t cpu_peak_rss() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
-torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& device) {
-  if (!device.is_cuda()) return host.to(device);
-  return host.pin_memory().to(device, /*non_blocking=*/true);
+torch::Tensor to_device_async(const torch::Tensor& t, const torch::Device& device) {
+  if (!device.is_cuda() || !t.is_cpu()) return t.to(device, /*non_blocking=*/true);
+  return t.pin_memory().to(device, /*non_blocking=*/true);  // pinned already: no copy
 }
 
 std::string shape_str(c10::IntArrayRef sizes) {

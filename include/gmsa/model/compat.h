@@ -27,10 +27,11 @@ torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const torch::Tensor& mask, bool causal,
                                   double scale);
 
-// A host tensor on `device` without the host waiting: copied asynchronously from pinned memory
-// (pinned first where it is not). A copy from pageable memory waits for the work queued before
-// it, which keeps the host from queuing more work behind a long computation.
-torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& device);
+// A tensor on `device` without the host waiting: a CPU tensor is copied to a CUDA device
+// asynchronously from pinned memory (pinned first where it is not). A copy from pageable memory
+// waits for the work queued before it, which keeps the host from queuing more work behind a
+// long computation. Every host-to-device copy of a batch or of its sizes goes through here.
+torch::Tensor to_device_async(const torch::Tensor& t, const torch::Device& device);
 
 // "[2, 3, 4]" for error messages.
 std::string shape_str(c10::IntArrayRef sizes);
