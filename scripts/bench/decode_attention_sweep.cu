@@ -1,11 +1,14 @@
 // The decoding step's attention alone (decode_attention_bf16, src/kernels/decode_kernels.cu) on
-// the 7B shape at the serving benchmark's cache sizes, for every split count, against a plain
+// the 7B shape at the serving benchmark's cache sizes, for 4 and 8 steps per round and a range
+// of split counts (and the library's plan), against a plain
 // read of the same K/V bytes. 32 layers with their own caches (cold reads, as in a step), each
 // launched with programmatic dependent launch, replayed from a CUDA graph; medians. One JSON line
 // per measurement.
 //   nvcc -std=c++17 -O3 -arch=sm_90 -I src/kernels scripts/bench/decode_attention_sweep.cu -o attn_sweep
+//   ./attn_sweep [rows]   (default 16)
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "../../src/kernels/decode_kernels.cu"
@@ -29,8 +32,9 @@ __global__ void read_kernel(const uint4* k, const uint4* v, int64_t per_pair, in
   if (acc == 0x12345678u) sink[0] = 1.f;  // keeps the loads
 }
 
-int main() {
-  constexpr int64_t B = 16, H = 32, D = 128, kLayers = 32;
+int main(int argc, char** argv) {
+  const int64_t B = argc > 1 ? std::atoll(argv[1]) : 16;  // rows
+  constexpr int64_t H = 32, D = 128, kLayers = 32;
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   // (capacity, filled columns): GMSA 4x and the original prompt in the middle of their 100
@@ -62,18 +66,22 @@ int main() {
     CHECK(cudaMalloc(&ws, B * H * 128 * (D + 2) * 4));
     CHECK(cudaDeviceSynchronize());
     const double bytes = double(B) * H * live * D * 2 * 2 * kLayers;
-    const int64_t lib = gmsa::kernels::decode_attention_splits(B, H, cap, D, sms);
+    const auto lib = gmsa::kernels::decode_attention_plan(B, H, cap, D, sms);
     const float scale = 1.f / std::sqrt(float(D));
-    for (int64_t splits : {int64_t(1), int64_t(2), int64_t(3), int64_t(4), int64_t(6), int64_t(8), int64_t(12), lib}) {
-      const double ms = kLayers * time_graph([&](int l, cudaStream_t s) {
-        gmsa::kernels::decode_attention_bf16(q[l], k[l], v[l], mask, slot, out[l], ws, arrivals, B, H, H, D, cap,
-                                             splits, scale, true, {s, true});
-      }, kLayers, 15);
-      std::printf("{\"what\":\"attention\",\"cap\":%lld,\"live\":%lld,\"splits\":%lld,\"library\":%s,"
-                  "\"us_per_layer\":%.2f,\"tb_s\":%.3f}\n",
-                  (long long)cap, (long long)live, (long long)splits, splits == lib ? "true" : "false",
-                  ms * 1e3 / kLayers, bytes / (ms * 1e-3) / 1e12);
-    }
+    for (int steps : {4, 8})
+      for (int64_t splits : {int64_t(1), int64_t(2), int64_t(3), int64_t(4), int64_t(6), int64_t(8), int64_t(12),
+                             int64_t(20), int64_t(33), lib.splits}) {
+        const gmsa::kernels::AttentionPlan plan{splits, steps};
+        const double ms = kLayers * time_graph([&](int l, cudaStream_t s) {
+          gmsa::kernels::decode_attention_bf16(q[l], k[l], v[l], mask, slot, out[l], ws, arrivals, B, H, H, D, cap,
+                                               plan, scale, true, {s, true});
+        }, kLayers, 15);
+        const bool is_lib = splits == lib.splits && steps == lib.steps;
+        std::printf("{\"what\":\"attention\",\"cap\":%lld,\"live\":%lld,\"steps\":%d,\"splits\":%lld,"
+                    "\"library\":%s,\"us_per_layer\":%.2f,\"tb_s\":%.3f}\n",
+                    (long long)cap, (long long)live, steps, (long long)splits, is_lib ? "true" : "false",
+                    ms * 1e3 / kLayers, bytes / (ms * 1e-3) / 1e12);
+      }
     for (int blocks : {sms, 2 * sms, 4 * sms, 8 * sms}) {
       const double ms = kLayers * time_graph([&](int l, cudaStream_t s) {
         gmsa::kernels::launch(read_kernel, dim3(blocks), 512, {s, true}, reinterpret_cast<const uint4*>(k[l]),

@@ -83,7 +83,6 @@ __device__ __forceinline__ void rope8(const bf16* x, const bf16* cos, const bf16
 }
 
 constexpr int kAttnWarps = 4;
-constexpr int kStepsInFlight = 4;  // key loads each lane issues before it reduces: memory parallelism
 constexpr int kMaxSplits = 128;
 
 __device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
@@ -173,6 +172,26 @@ __device__ __noinline__ void rope8_noinline(const bf16* x, const bf16* cos, cons
   rope8<D>(x, cos, sin, c, out);
 }
 
+// With one split the block's result is final: out = sum over warps of acc * w / sum of l * w,
+// w = exp(m - big), rounded as merge_splits rounds one split's. Out of line: the attention
+// loop's registers stay as they are.
+template <int D>
+__device__ __noinline__ void write_one_split(const float* sm_m, const float* sm_l, const float* sm_acc, float big,
+                                             bf16* out) {
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kAttnWarps; ++w)
+    if (sm_m[w] != -INFINITY) sum += sm_l[w] * __expf(sm_m[w] - big);
+  const float inv_sum = sum > 0.f ? 1.f / sum : 0.f;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w] != -INFINITY) a += sm_acc[w * D + d] * __expf(sm_m[w] - big);
+    out[d] = __float2bfloat16(a * inv_sum);
+  }
+}
+
 // The block's threads store rope(k) and v (one head each, D) into a cache column. Not inlined:
 // the attention loop's registers stay as they are (64 at D = 128, 8 blocks per multiprocessor).
 template <int D>
@@ -192,19 +211,21 @@ __device__ __noinline__ void store_rope_kv(const bf16* k, const bf16* v, const b
 
 // Block (split, h, b): online softmax over its share of the columns, one warp per sub-range.
 // Each lane loads 16 bytes (8 dims) of a key row per step, so D / 8 lanes form a group that
-// holds one key and a warp reads 256 / D keys per step; keys and values stay packed bf16 in
-// registers until used (fewer registers: more resident blocks). Each group keeps its own
-// running (max, sum, output), merged across the warp's groups and then across the block's
-// warps through shared memory, and written as (max, sum, unnormalised output[D]) to the
-// workspace. The last block of (h, b) to finish then merges all splits into out (flash-decoding
-// without a second kernel); arrivals[b * H + h] counts finished blocks and is left at zero.
+// holds one key and a warp reads 256 / D keys per step; a round issues the loads of S steps
+// before it reduces them (memory parallelism; AttentionPlan picks S). Keys and values stay
+// packed bf16 in registers until used (fewer registers: more resident blocks). Each group keeps
+// its own running (max, sum, output), merged across the warp's groups and then across the
+// block's warps through shared memory. With one split the block writes out itself; otherwise it
+// writes (max, sum, unnormalised output[D]) to the workspace and the last block of (h, b) to
+// finish merges all splits into out (flash-decoding without a second kernel); arrivals[b * H + h]
+// counts finished blocks and is left at zero.
 // rope.qkv set: the query is rope(q) of the packed q/k/v rows, and the blocks whose columns hold
 // *slot first store rope(k) and v there (one launch fewer per layer than a separate kernel for
 // that). early_kv: the previous kernel writes only rope.qkv (the projection), so
 // *slot is read and the first keys and values are fetched into L2 before the wait for it
 // (programmatic dependent launch): the kernels before that one have finished, since it started
 // only after its own wait. After its loads the grid fetches `warm` into L2.
-template <int D>
+template <int D, int S>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     decode_attention_kernel(const bf16* q, bf16* k_cache, bf16* v_cache, const bool* key_mask,
                             const int64_t* slot, float* workspace, int* arrivals, bf16* attn_out, int64_t heads,
@@ -232,7 +253,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   // in before the store to it (below): harmless, the store updates the L2 line.
   if (early_kv) {
     if (sub % 8 == 0)
-      for (int64_t j = w_start + grp; j < min(w_end, w_start + kKeysPerStep * kStepsInFlight); j += kKeysPerStep) {
+      for (int64_t j = w_start + grp; j < min(w_end, w_start + kKeysPerStep * S); j += kKeysPerStep) {
         prefetch_l2(kb + j * D);
         prefetch_l2(vb + j * D);
       }
@@ -256,12 +277,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 
   float m = -INFINITY, l = 0.f, acc[8] = {};
-  for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * kStepsInFlight) {
-    uint4 kr[kStepsInFlight], vr[kStepsInFlight];
-    float s[kStepsInFlight];
-    bool ok[kStepsInFlight];
+  for (int64_t j0 = w_start; j0 < w_end; j0 += kKeysPerStep * S) {
+    uint4 kr[S], vr[S];
+    float s[S];
+    bool ok[S];
 #pragma unroll
-    for (int u = 0; u < kStepsInFlight; ++u) {
+    for (int u = 0; u < S; ++u) {
       const int64_t j = j0 + u * kKeysPerStep + grp;
       ok[u] = j < w_end && mb[j];
       kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
@@ -271,14 +292,14 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       }
     }
 #pragma unroll
-    for (int u = 0; u < kStepsInFlight; ++u) s[u] = dot8(qf, kr[u]);
+    for (int u = 0; u < S; ++u) s[u] = dot8(qf, kr[u]);
 #pragma unroll
     for (int o = G / 2; o > 0; o >>= 1)  // within the key's group of lanes
 #pragma unroll
-      for (int u = 0; u < kStepsInFlight; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+      for (int u = 0; u < S; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
     float mx = m;
 #pragma unroll
-    for (int u = 0; u < kStepsInFlight; ++u) {
+    for (int u = 0; u < S; ++u) {
       s[u] = ok[u] ? s[u] * scale : -INFINITY;
       mx = fmaxf(mx, s[u]);
     }
@@ -288,7 +309,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[e] *= corr;
 #pragma unroll
-      for (int u = 0; u < kStepsInFlight; ++u) {
+      for (int u = 0; u < S; ++u) {
         const float p = __expf(s[u] - mx);
         psum += p;
         axpy8(p, vr[u], acc);
@@ -327,6 +348,10 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   float big = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kAttnWarps; ++w) big = fmaxf(big, sm_m[w]);
+  if (splits == 1) {  // nothing to merge
+    write_one_split<D>(sm_m, sm_l, &sm_acc[0][0], big, attn_out + (b * heads + h) * D);
+    return;
+  }
   float* part = workspace + (b * heads + h) * splits * (D + 2);
   float* out = part + split * (D + 2);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
@@ -657,29 +682,30 @@ bool decode_attention_supports(int64_t dim) { return dim == 32 || dim == 64 || d
 
 namespace {
 
-// Blocks of decode_attention_kernel<dim> one multiprocessor holds at once (registers bound it),
-// asked once per process for each head size (thread-safe static initialisation).
-int attention_blocks_per_sm(int64_t dim) {
-  static const std::array<int, 4> per_sm = [] {
-    const void* fns[4] = {reinterpret_cast<const void*>(decode_attention_kernel<32>),
-                          reinterpret_cast<const void*>(decode_attention_kernel<64>),
-                          reinterpret_cast<const void*>(decode_attention_kernel<128>),
-                          reinterpret_cast<const void*>(decode_attention_kernel<256>)};
-    std::array<int, 4> n{};
-    for (int i = 0; i < 4; ++i)
+// Blocks of decode_attention_kernel<dim, steps> one multiprocessor holds at once (registers bound
+// it), asked once per process for each kernel (thread-safe static initialisation).
+int attention_blocks_per_sm(int64_t dim, int steps) {
+  static const std::array<int, 8> per_sm = [] {
+    const void* fns[8] = {reinterpret_cast<const void*>(decode_attention_kernel<32, 4>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<64, 4>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<128, 4>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<256, 4>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<32, 8>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<64, 8>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<128, 8>),
+                          reinterpret_cast<const void*>(decode_attention_kernel<256, 8>)};
+    std::array<int, 8> n{};
+    for (int i = 0; i < 8; ++i)
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n[i], fns[i], kAttnWarps * 32, 0) != cudaSuccess || n[i] < 1)
         n[i] = 1;  // a failed query only costs speed: one block per multiprocessor is always valid
     return n;
   }();
-  return per_sm[dim == 32 ? 0 : dim == 64 ? 1 : dim == 128 ? 2 : 3];
+  return per_sm[(steps == 8 ? 4 : 0) + (dim == 32 ? 0 : dim == 64 ? 1 : dim == 128 ? 2 : 3)];
 }
 
-}  // namespace
-
-int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms) {
-  // Whole waves: the blocks' columns are equal, so a partial last wave leaves multiprocessors
-  // idle for a whole block's time. Take the fewest waves that fill at least 90% of the slots.
-  const int64_t slots = static_cast<int64_t>(attention_blocks_per_sm(dim)) * sms;
+// Whole waves: the blocks' columns are equal, so a partial last wave leaves multiprocessors idle
+// for a whole block's time. The fewest waves that fill at least 90% of the slots.
+int64_t whole_wave_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t slots) {
   const int64_t blocks = std::max<int64_t>(batch * heads, 1);
   int64_t best = 1;
   double best_use = 0.0;
@@ -694,19 +720,42 @@ int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, 
   return std::clamp<int64_t>(best, 1, kMaxSplits);
 }
 
+}  // namespace
+
+AttentionPlan decode_attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms) {
+  const AttentionPlan four{whole_wave_splits(batch, heads, capacity, attention_blocks_per_sm(dim, 4) * int64_t{sms}), 4};
+  // A warp's rounds of key loads with four steps: each round waits out one memory latency. Where
+  // they are few (batch 1: ~3) the kernel is latency-bound, and eight steps per round halve them,
+  // at fewer blocks per multiprocessor (registers). Only where those blocks still make one wave
+  // of at least 90% of the slots: a second wave costs more than the rounds save (GMSA 8x at
+  // batch 16: 6.51 -> 6.74 ms per step with 5 splits over 4 waves).
+  const int64_t keys_per_round = (256 / dim) * 4, per_round = four.splits * kAttnWarps * keys_per_round;
+  if ((capacity + per_round - 1) / per_round > kAttentionLatencyBoundRounds) return four;
+  const int64_t slots = attention_blocks_per_sm(dim, 8) * int64_t{sms}, blocks = std::max<int64_t>(batch * heads, 1);
+  const AttentionPlan eight{whole_wave_splits(batch, heads, capacity, slots), 8};
+  const int64_t used = blocks * eight.splits;
+  return used <= slots && 10 * used >= 9 * slots ? eight : four;
+}
+
 void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
-                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, const AttentionPlan& plan,
                            float scale, bool early_kv, const Launch& on, const RopeKV& rope) {
   if (batch == 0 || heads == 0 || (rope.qkv && !slot)) return;
+  const int64_t splits = plan.splits;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   const auto* qp = static_cast<const bf16*>(q);
   auto* kp = static_cast<bf16*>(k_cache);
   auto* vp = static_cast<bf16*>(v_cache);
   auto* op = static_cast<bf16*>(out);
-#define GMSA_DECODE_ATTENTION(D)                                                                                  \
-  launch(decode_attention_kernel<D>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot, workspace, arrivals, \
-         op, heads, kv_heads, capacity, splits, scale, early_kv && slot && on.pdl, on.warm.p, on.warm.bytes, rope)
+#define GMSA_DECODE_ATTENTION(D)                                                                             \
+  (plan.steps == 8 ? launch(decode_attention_kernel<D, 8>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot,  \
+                            workspace, arrivals, op, heads, kv_heads, capacity, splits, scale, pdl_kv, on.warm.p, \
+                            on.warm.bytes, rope)                                                                   \
+                   : launch(decode_attention_kernel<D, 4>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot,  \
+                            workspace, arrivals, op, heads, kv_heads, capacity, splits, scale, pdl_kv, on.warm.p, \
+                            on.warm.bytes, rope))
+  const bool pdl_kv = early_kv && slot && on.pdl;
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;

@@ -38,7 +38,7 @@ void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, voi
 
 // Attention of one query per row and head over the cache columns [0, *slot] where
 // key_mask[b, column] is true: out [B, H * D] = softmax(q k^T * scale) v, GQA by h / (H / Hkv).
-// The columns are split into `splits` ranges processed by separate blocks (flash-decoding);
+// The columns are split into plan.splits ranges processed by separate blocks (flash-decoding);
 // the last block of each (row, head) to finish merges them. `workspace` holds
 // B * H * splits * (D + 2) floats; `arrivals` B * H ints that are zero on entry and left zero
 // (one set per stream of launches: concurrent launches must not share it). D in {32, 64, 128,
@@ -53,14 +53,25 @@ struct RopeKV {
   const void* cos = nullptr;  // [B, D]
   const void* sin = nullptr;
 };
+// How the kernel covers the columns: `splits` blocks per (row, head), and `steps` (4 or 8) key
+// loads per lane in each round before it reduces them.
+struct AttentionPlan {
+  int64_t splits = 1;
+  int steps = 4;
+};
 void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bool* key_mask,
                            const int64_t* slot, void* out, float* workspace, int* arrivals, int64_t batch,
-                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, int64_t splits,
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t capacity, const AttentionPlan& plan,
                            float scale, bool early_kv, const Launch& on, const RopeKV& rope = {});
 // Whether decode_attention_bf16 supports this head size.
 bool decode_attention_supports(int64_t dim);
-// The split count that fills whole waves of `sms` multiprocessors (at the kernel's occupancy).
-int64_t decode_attention_splits(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
+// The plan for a shape on `sms` multiprocessors: splits that fill whole waves at the kernel's
+// occupancy; 8 steps where 4 would leave each warp at most kAttentionLatencyBoundRounds rounds
+// and the 8-step blocks (5 per multiprocessor instead of 8) fill one wave (7B shape, H100:
+// batch 1, original prompt, 5.585 -> 5.521 ms per token; batch 16 keeps 4 steps:
+// docs/performance.md).
+constexpr int64_t kAttentionLatencyBoundRounds = 8;
+AttentionPlan decode_attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
 
 // The decoding step's first launch, per row b: resid[b] = embed[tokens[b]] (bf16 [V, hidden],
 // hidden % 8 == 0, 16-byte aligned), cos/sin [b, dim] for positions[b] exactly as rope_tables()

@@ -144,8 +144,8 @@ torch::Tensor split_kv_attention(const torch::Tensor& q, int64_t B, int64_t H, i
     return {};
   c10::cuda::CUDAGuard guard(k_cache.device());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t splits = kernels::decode_attention_splits(B, H, capacity, D, sms);
-  auto workspace = torch::empty({B * H * splits * (D + 2)}, options.dtype(torch::kFloat));
+  const auto plan = kernels::decode_attention_plan(B, H, capacity, D, sms);
+  auto workspace = torch::empty({B * H * plan.splits * (D + 2)}, options.dtype(torch::kFloat));
   auto out = torch::empty({B, H * D}, options);
   GMSA_CHECK(!arrivals.defined() || (arrivals.is_cuda() && arrivals.scalar_type() == torch::kInt &&
                                      arrivals.is_contiguous() && arrivals.numel() >= B * H),
@@ -154,7 +154,7 @@ torch::Tensor split_kv_attention(const torch::Tensor& q, int64_t B, int64_t H, i
   kernels::decode_attention_bf16(q.defined() ? q.data_ptr() : nullptr, k_cache.data_ptr(), v_cache.data_ptr(),
                                  key_mask.data_ptr<bool>(), slot.defined() ? slot.data_ptr<int64_t>() : nullptr,
                                  out.data_ptr(), workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D,
-                                 capacity, splits, static_cast<float>(scale), early_kv, on_stream(warm, B), rope);
+                                 capacity, plan, static_cast<float>(scale), early_kv, on_stream(warm, B), rope);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -186,6 +186,12 @@ torch::Tensor rope_attention(const torch::Tensor& qkv, const torch::Tensor& cos,
 }
 
 bool attention_supports(int64_t head_dim) { return kernels::decode_attention_supports(head_dim); }
+
+AttentionPlan attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t head_dim) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto plan = kernels::decode_attention_plan(batch, heads, capacity, head_dim, sms);
+  return {plan.splits, plan.steps, sms};
+}
 bool tma_projection() { return enabled() && kernels::skinny_tma_supported(); }
 
 bool tma_fed_rows(int64_t rows) {
@@ -434,6 +440,7 @@ torch::Tensor rope_attention(const torch::Tensor&, const torch::Tensor&, const t
   return {};
 }
 bool attention_supports(int64_t) { return false; }
+AttentionPlan attention_plan(int64_t, int64_t, int64_t, int64_t) { return {}; }
 bool tma_projection() { return false; }
 bool tma_fed_rows(int64_t) { return false; }
 bool warms_l2(int64_t) { return false; }

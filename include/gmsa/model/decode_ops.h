@@ -108,6 +108,16 @@ torch::Tensor rope_attention(const torch::Tensor& qkv, const torch::Tensor& cos,
 
 // Whether attention() supports this head size (32, 64, 128, 256) in this build.
 bool attention_supports(int64_t head_dim);
+// How attention() covers a cache of this shape on the current GPU: blocks per (row, head) and
+// key loads per lane in each round (4, or 8 where a warp would otherwise have only a few rounds:
+// the latency-bound batch-1 case), and the multiprocessors of the GPU it was made for. Zeros in a
+// build without the kernels.
+struct AttentionPlan {
+  int64_t splits = 0;
+  int steps = 0;
+  int multiprocessors = 0;
+};
+AttentionPlan attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t head_dim);
 
 // x W^T (+ bias) with the kernel projection() picks when x [..., K] holds 1 to 16 contiguous
 // bf16 rows (K % 32 == 0; one row: K % 8 == 0); else torch::linear.
