@@ -12,6 +12,10 @@ torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tenso
   return torch::div(lengths + rates - 1, rates, "floor");
 }
 
+int64_t soft_token_width(const torch::Tensor& counts_host) {
+  return counts_host.numel() == 0 ? 1 : std::max<int64_t>(counts_host.max().item<int64_t>(), 1);
+}
+
 namespace {
 
 // Rates on the host, validated (a device tensor costs one copy).
@@ -31,11 +35,6 @@ torch::Tensor host_lengths_checked(const torch::Tensor& lengths, int64_t B, int6
   return len_host;
 }
 
-// The padded width M: the most soft tokens of any row (at least 1).
-int64_t padded_width(const torch::Tensor& counts_host) {
-  return counts_host.numel() == 0 ? 1 : std::max<int64_t>(counts_host.max().item<int64_t>(), 1);
-}
-
 }  // namespace
 
 SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
@@ -52,7 +51,7 @@ SoftTokens group_merge(const torch::Tensor& hidden, const torch::Tensor& mask,
   auto len_host = host_lengths.defined() ? host_lengths_checked(host_lengths, B, T)
                                          : valid.sum(1).to(torch::kCPU);  // the one device read without them
   auto counts_host = soft_token_counts(len_host, r_host);
-  const int64_t M = padded_width(counts_host);
+  const int64_t M = soft_token_width(counts_host);
   // One host-to-device copy for rates and counts.
   auto rc = compat::to_device_async(torch::stack({r_host, counts_host}), device);
   auto r = rc[0], counts = rc[1];
@@ -80,7 +79,7 @@ SoftTokens group_merge_right_padded(const torch::Tensor& hidden, const torch::Te
   auto r_host = host_rates(rates, B);
   auto len_host = host_lengths_checked(host_lengths, B, T);
   auto counts_host = soft_token_counts(len_host, r_host);
-  const int64_t M = padded_width(counts_host);
+  const int64_t M = soft_token_width(counts_host);
   // Rates, lengths and counts reach the device in one copy that the host does not wait for.
   auto sizes_host = torch::stack({r_host, len_host, counts_host});
   auto sizes = compat::to_device_async(sizes_host, hidden.device());

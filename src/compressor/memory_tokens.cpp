@@ -42,7 +42,7 @@ SoftTokens MemoryTokensImpl::read(const torch::Tensor& states, const torch::Tens
                                   const torch::Tensor& host_counts) {
   const int64_t B = states.size(0), H = states.size(2);
   GMSA_CHECK(host_lengths.is_cpu() && host_counts.is_cpu(), "tcp: lengths and counts must be host tensors");
-  const int64_t M = B == 0 ? 1 : std::max<int64_t>(host_counts.max().item<int64_t>(), 1);
+  const int64_t M = soft_token_width(host_counts);
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(states.device());
   auto j = torch::arange(M, opts).unsqueeze(0);
   auto lc = compat::to_device_async(

@@ -748,14 +748,10 @@ void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bo
   auto* kp = static_cast<bf16*>(k_cache);
   auto* vp = static_cast<bf16*>(v_cache);
   auto* op = static_cast<bf16*>(out);
-#define GMSA_DECODE_ATTENTION(D)                                                                             \
-  (plan.steps == 8 ? launch(decode_attention_kernel<D, 8>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot,  \
-                            workspace, arrivals, op, heads, kv_heads, capacity, splits, scale, pdl_kv, on.warm.p, \
-                            on.warm.bytes, rope)                                                                   \
-                   : launch(decode_attention_kernel<D, 4>, grid, kAttnWarps * 32, on, qp, kp, vp, key_mask, slot,  \
-                            workspace, arrivals, op, heads, kv_heads, capacity, splits, scale, pdl_kv, on.warm.p, \
-                            on.warm.bytes, rope))
-  const bool pdl_kv = early_kv && slot && on.pdl;
+#define GMSA_DECODE_ATTENTION(D)                                                                                 \
+  launch(plan.steps == 8 ? decode_attention_kernel<D, 8> : decode_attention_kernel<D, 4>, grid, kAttnWarps * 32, on, \
+         qp, kp, vp, key_mask, slot, workspace, arrivals, op, heads, kv_heads, capacity, splits, scale,               \
+         early_kv && slot && on.pdl, on.warm.p, on.warm.bytes, rope)
   switch (dim) {
     case 32: GMSA_DECODE_ATTENTION(32); break;
     case 64: GMSA_DECODE_ATTENTION(64); break;

@@ -35,5 +35,7 @@ SoftTokens group_merge_right_padded(const torch::Tensor& hidden, const torch::Te
 
 // ceil(L / r) for each sample (on the inputs' device).
 torch::Tensor soft_token_counts(const torch::Tensor& lengths, const torch::Tensor& rates);
+// The padded soft-token width of a batch: its largest count (host tensor), at least 1.
+int64_t soft_token_width(const torch::Tensor& counts_host);
 
 }  // namespace gmsa
