@@ -68,6 +68,9 @@ gmsa::cli::CommandRegistrar reg(70, [](CLI::App& app) {
   sub->add_flag("!--no-norm-fusion", o.norm_fusion,
                 "At 9-16 rows, launch each residual add + RMSNorm on its own instead of inside the projections "
                 "around it (also GMSA_DECODE_NORM_FUSION=0)");
+  sub->add_flag("!--no-step-pick", o.step_pick,
+                "Pick each greedy token after the decoding step (its logits converted to fp32, one more launch "
+                "and a copy per token) instead of inside it (also GMSA_DECODE_STEP_PICK=0)");
   sub->add_option("--warm-mib", o.warm_mib,
                   "MiB of the next projection's weights each decoding kernel fetches into L2 when done (0: off); "
                   "not at 9-16 rows, where the TMA-fed projections fetch their own first weights "

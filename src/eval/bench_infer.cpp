@@ -153,6 +153,7 @@ struct Bench {
     auto res = generate(decoder, prompts, gen);
     c.cuda_graph = res.cuda_graph;
     c.decode_kernels = res.decode_kernels;
+    c.step_pick = res.step_pick;
     s.total_ms = ms_since(t0);
     if (rate > 0) s.compress_ms = clock.ms(0, 1);
     s.prefill_ms = res.prefill_ms;
@@ -233,9 +234,10 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
   fused::set_enabled(opts.fused_kernels);
   decode_ops::set_enabled(opts.decode_kernels);
   if (!opts.gemv.empty()) decode_ops::set_projection(decode_ops::parse_projection(opts.gemv));
-  // Switched off only: the environment's GMSA_DECODE_PDL / _NORM_FUSION stand otherwise.
+  // Switched off only: the environment's GMSA_DECODE_PDL / _NORM_FUSION / _STEP_PICK stand otherwise.
   if (!opts.pdl) decode_ops::set_programmatic_launch(false);
   if (!opts.norm_fusion) decode_ops::set_norm_fusion(false);
+  if (!opts.step_pick) decode_ops::set_step_pick(false);
   // (warm_bytes() reads GMSA_DECODE_WARM_MIB: a bad value fails here, before any timing.)
   if (opts.warm_mib >= 0) decode_ops::set_warm_bytes(opts.warm_mib << 20);
   else decode_ops::warm_bytes();
@@ -296,6 +298,7 @@ BenchInferReport run_bench_infer(const BenchInferOptions& opts) {
       {"tma_projection", decode_ops::tma_projection()},
       {"programmatic_launch", decode_ops::programmatic_launch()},
       {"norm_fusion", decode_ops::norm_fusion()},
+      {"step_pick", decode_ops::step_pick()},
       {"warm_bytes", decode_ops::warm_bytes()},
       {"l2_warming", device.is_cuda() && decode_ops::enabled() && decode_ops::warms_l2(opts.batch)},
       {"merge_lora", opts.merge_lora},
@@ -321,7 +324,7 @@ nlohmann::json BenchInferReport::to_json() const {
     cases_json.push_back({{"name", c.name}, {"rate", c.rate}, {"decoder_tokens", c.decoder_tokens},
                           {"median", sample_json(c.median)}, {"tokens_per_s", c.tokens_per_s},
                           {"answers_per_s", c.answers_per_s}, {"cuda_graph", c.cuda_graph},
-                          {"decode_kernels", c.decode_kernels},
+                          {"decode_kernels", c.decode_kernels}, {"step_pick", c.step_pick},
                           {"peak_bytes", c.peak_bytes}, {"samples", samples}});
   }
   return {{"setup", setup}, {"cases", cases_json}};

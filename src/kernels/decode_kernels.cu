@@ -433,21 +433,28 @@ __device__ __forceinline__ void warp_argmax(float& best, int64_t& best_i) {
   }
 }
 
+__device__ __forceinline__ float logit(float v) { return v; }
+__device__ __forceinline__ float logit(bf16 v) { return __bfloat162float(v); }
+
 // One block per row: the repetition penalty (as apply_repetition_penalty: seen tokens' logits
 // l * p below zero, l * (1 / p) otherwise, the way LibTorch divides by a scalar), the argmax,
-// and the bookkeeping of generate(): seen[next] = true, out[b * out_stride] = next,
-// finished[b] |= next in eos. One launch instead of about ten.
-__global__ void __launch_bounds__(1024) greedy_pick_kernel(const float* logits, int64_t vocab, bool* seen, float penalty,
+// and the bookkeeping of generate(): seen[next] = true, out[b * out_stride + column] = next,
+// finished[b] |= next in eos. One launch instead of about ten. bf16 logits are compared as the
+// fp32 values they convert to, so the pick is the one of their fp32 copy.
+template <typename T>
+__global__ void __launch_bounds__(1024) greedy_pick_kernel(const T* logits, int64_t vocab, bool* seen, float penalty,
                                                            const int64_t* eos, int64_t n_eos, int64_t* next,
-                                                           int64_t* out, int64_t out_stride, bool* finished) {
+                                                           int64_t* out, int64_t out_stride, bool* finished,
+                                                           StepAdvance advance) {
+  grid_dependency_wait();
   const int64_t b = blockIdx.x;
-  const float* row = logits + b * vocab;
+  const T* row = logits + b * vocab;
   const bool* seen_row = seen ? seen + b * vocab : nullptr;
   const float inv_penalty = 1.0f / penalty;
   float best = -INFINITY;
   int64_t best_i = INT64_MAX;
   for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
-    float l = row[v];
+    float l = logit(row[v]);
     if (seen_row && seen_row[v]) l = l < 0.f ? l * penalty : l * inv_penalty;
     if (ranks_above(l, v, best, best_i)) best = l, best_i = v;
   }
@@ -463,11 +470,21 @@ __global__ void __launch_bounds__(1024) greedy_pick_kernel(const float* logits, 
   warp_argmax(best, best_i);
   if (lane != 0) return;  // vocab > 0: best_i is a column
   next[b] = best_i;
-  out[b * out_stride] = best_i;
+  int64_t column = 0;
+  if (advance.slot) column = *advance.slot - advance.slot_base;
+  if (column >= 0 && column < advance.columns) out[b * out_stride + column] = best_i;
   if (seen) seen[b * vocab + best_i] = true;
   bool stop = false;
   for (int64_t e = 0; e < n_eos; ++e) stop |= eos[e] == best_i;
   finished[b] = finished[b] || stop;
+  if (!advance.slot) return;
+  advance.positions[b] += 1;
+  // Every block has read *slot before it counts itself in (the fence orders them).
+  __threadfence();
+  if (atomicAdd(advance.ticket, 1) == static_cast<int>(gridDim.x) - 1) {
+    *advance.ticket = 0;
+    *advance.slot += 1;
+  }
 }
 
 // ---------------------------------------------------------------- GEMV
@@ -785,11 +802,16 @@ void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStrea
   decode_step_end_kernel<<<1, 128, 0, stream>>>(positions, batch, slot);
 }
 
-void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, float penalty, const int64_t* eos,
-                 int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished, cudaStream_t stream) {
+void greedy_pick(const void* logits, bool bf16_logits, int64_t batch, int64_t vocab, bool* seen, float penalty,
+                 const int64_t* eos, int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished,
+                 const StepAdvance& advance, const Launch& on) {
   if (batch == 0 || vocab == 0) return;
-  greedy_pick_kernel<<<grid1(batch), 1024, 0, stream>>>(logits, vocab, seen, penalty, eos, n_eos, next, out, out_stride,
-                                                        finished);
+  if (bf16_logits)
+    launch(greedy_pick_kernel<bf16>, grid1(batch), 1024, on, static_cast<const bf16*>(logits), vocab, seen, penalty,
+           eos, n_eos, next, out, out_stride, finished, advance);
+  else
+    launch(greedy_pick_kernel<float>, grid1(batch), 1024, on, static_cast<const float*>(logits), vocab, seen, penalty,
+           eos, n_eos, next, out, out_stride, finished, advance);
 }
 
 // Whether this GPU runs the TMA-fed kernel: sm_90 or later and a driver that makes tensor maps.

@@ -81,12 +81,24 @@ void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden,
                        void* resid, void* cos, void* sin, int64_t batch, cudaStream_t stream);
 void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStream_t stream);
 
-// Greedy decoding's pick for rows of fp32 logits [batch, vocab]: the repetition penalty on the
-// tokens seen[b] marks (seen null: none; penalty as generate() applies it), the argmax (torch's:
-// NaN first, ties to the lower index), then seen[b, next] = true, out[b * out_stride] = next,
-// finished[b] |= next is one of eos[0..n_eos). next [batch] int64. One launch on `stream`.
-void greedy_pick(const float* logits, int64_t batch, int64_t vocab, bool* seen, float penalty, const int64_t* eos,
-                 int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished, cudaStream_t stream);
+// Greedy decoding's pick for rows of logits [batch, vocab] (fp32, or bf16 with bf16_logits):
+// the repetition penalty on the tokens seen[b] marks (seen null: none; penalty as generate()
+// applies it), the argmax (torch's: NaN first, ties to the lower index), then seen[b, next] =
+// true, out[b * out_stride + column] = next, finished[b] |= next is one of eos[0..n_eos).
+// next [batch] int64. Without an advance column is 0. With one (slot set) the pick ends a
+// decoding step that consumes `next` at its following call: column = *slot - slot_base (not
+// written unless in [0, columns)), positions[b] += 1, and once every row has read *slot (the
+// last block, counted in `ticket`: one int, zero on entry and left zero) *slot += 1.
+struct StepAdvance {
+  int64_t* positions = nullptr;
+  int64_t* slot = nullptr;
+  int64_t slot_base = 0;
+  int64_t columns = 1;
+  int* ticket = nullptr;
+};
+void greedy_pick(const void* logits, bool bf16_logits, int64_t batch, int64_t vocab, bool* seen, float penalty,
+                 const int64_t* eos, int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished,
+                 const StepAdvance& advance, const Launch& on);
 
 // y [N] = W [N, K] x [K] for one row (bf16 in and out, fp32 accumulation): a bandwidth-bound
 // GEMV with 16-byte loads, K a multiple of 8, rows 16-byte aligned. swiglu: as for

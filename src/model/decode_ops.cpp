@@ -49,6 +49,11 @@ bool& norm_fusion_flag() {
   return on;
 }
 
+bool& step_pick_flag() {
+  static bool on = !env_is("GMSA_DECODE_STEP_PICK", "0");
+  return on;
+}
+
 int64_t& warm_limit() {
   static int64_t bytes = [] {
     const char* v = std::getenv("GMSA_DECODE_WARM_MIB");
@@ -90,6 +95,8 @@ void set_programmatic_launch(bool on) { pdl_flag() = on; }
 int64_t warm_bytes() { return warm_limit(); }
 bool norm_fusion() { return norm_fusion_flag() && projection() != Projection::kCublas && tma_projection(); }
 void set_norm_fusion(bool on) { norm_fusion_flag() = on; }
+bool step_pick() { return enabled() && step_pick_flag(); }
+void set_step_pick(bool on) { step_pick_flag() = on; }
 void set_warm_bytes(int64_t bytes) { warm_limit() = std::max<int64_t>(bytes, 0); }
 
 #ifdef GMSA_HAVE_CUDA_KERNELS
@@ -381,28 +388,66 @@ bool step_end(torch::Tensor& positions, torch::Tensor& slot) {
   return true;
 }
 
+namespace {
+
+bool long_vector(const torch::Tensor& t, const torch::Device& on, int64_t n) {
+  return t.defined() && t.device() == on && t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == n;
+}
+
+// The checks both greedy picks share: logits [B, V] (fp32, or bf16 where bf16_ok) and the
+// bookkeeping tensors on their device.
+bool pickable(const torch::Tensor& logits, const torch::Tensor& seen, const torch::Tensor& eos,
+              const torch::Tensor& finished, bool bf16_ok) {
+  const auto dtype = logits.scalar_type();
+  if (!enabled() || !logits.is_cuda() || !(dtype == torch::kFloat || (bf16_ok && dtype == torch::kBFloat16)) ||
+      logits.dim() != 2 || !logits.is_contiguous() || logits.size(1) == 0)
+    return false;
+  const auto on = logits.device();
+  const int64_t B = logits.size(0);
+  return !(seen.defined() && (seen.device() != on || seen.scalar_type() != torch::kBool || !seen.is_contiguous() ||
+                              seen.sizes() != logits.sizes())) &&
+         long_vector(eos, on, eos.numel()) && finished.device() == on && finished.scalar_type() == torch::kBool &&
+         finished.is_contiguous() && finished.numel() == B;
+}
+
+void launch_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty, const torch::Tensor& eos,
+                 torch::Tensor& next, int64_t* out, int64_t out_stride, torch::Tensor& finished,
+                 const kernels::StepAdvance& advance) {
+  c10::cuda::CUDAGuard guard(logits.device());
+  kernels::greedy_pick(logits.data_ptr(), logits.scalar_type() == torch::kBFloat16, logits.size(0), logits.size(1),
+                       seen.defined() ? seen.data_ptr<bool>() : nullptr, static_cast<float>(penalty),
+                       eos.data_ptr<int64_t>(), eos.numel(), next.data_ptr<int64_t>(), out, out_stride,
+                       finished.data_ptr<bool>(), advance, on_stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
 torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty,
                           const torch::Tensor& eos, torch::Tensor& out_column, torch::Tensor& finished) {
-  if (!enabled() || !logits.is_cuda() || logits.scalar_type() != torch::kFloat || logits.dim() != 2 ||
-      !logits.is_contiguous() || logits.size(1) == 0)
+  if (!pickable(logits, seen, eos, finished, /*bf16_ok=*/false) || out_column.device() != logits.device() ||
+      out_column.scalar_type() != torch::kLong || out_column.dim() != 1 || out_column.size(0) != logits.size(0))
     return {};
-  const int64_t B = logits.size(0), V = logits.size(1);
-  const auto on = logits.device();
-  if ((seen.defined() && (seen.device() != on || seen.scalar_type() != torch::kBool || !seen.is_contiguous() ||
-                          seen.sizes() != logits.sizes())) ||
-      eos.device() != on || eos.scalar_type() != torch::kLong || !eos.is_contiguous() ||
-      out_column.device() != on || out_column.scalar_type() != torch::kLong || out_column.dim() != 1 ||
-      out_column.size(0) != B || finished.device() != on || finished.scalar_type() != torch::kBool ||
-      !finished.is_contiguous() || finished.numel() != B)
-    return {};
-  c10::cuda::CUDAGuard guard(on);
-  auto next = torch::empty({B}, logits.options().dtype(torch::kLong));
-  kernels::greedy_pick(logits.data_ptr<float>(), B, V, seen.defined() ? seen.data_ptr<bool>() : nullptr,
-                       static_cast<float>(penalty), eos.data_ptr<int64_t>(), eos.numel(), next.data_ptr<int64_t>(),
-                       out_column.data_ptr<int64_t>(), out_column.stride(0), finished.data_ptr<bool>(),
-                       c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto next = torch::empty({logits.size(0)}, logits.options().dtype(torch::kLong));
+  launch_pick(logits, seen, penalty, eos, next, out_column.data_ptr<int64_t>(), out_column.stride(0), finished, {});
   return next;
+}
+
+bool greedy_step_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty, const torch::Tensor& eos,
+                      torch::Tensor& next, torch::Tensor& out, int64_t slot_base, torch::Tensor& finished,
+                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket) {
+  if (!pickable(logits, seen, eos, finished, /*bf16_ok=*/true)) return false;
+  const auto on = logits.device();
+  const int64_t B = logits.size(0);
+  if (!long_vector(next, on, B) || !long_vector(positions, on, B) || !long_vector(slot, on, 1) ||
+      out.device() != on || out.scalar_type() != torch::kLong || out.dim() != 2 || out.size(0) != B ||
+      out.stride(1) != 1 || !ticket.defined() || ticket.device() != on || ticket.scalar_type() != torch::kInt ||
+      ticket.numel() != 1)
+    return false;
+  kernels::StepAdvance advance{positions.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), slot_base, out.size(1),
+                               ticket.data_ptr<int>()};
+  launch_pick(logits, seen, penalty, eos, next, out.data_ptr<int64_t>(), out.stride(0), finished, advance);
+  return true;
 }
 
 #else
@@ -410,6 +455,10 @@ torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen
 torch::Tensor greedy_pick(const torch::Tensor&, const torch::Tensor&, double, const torch::Tensor&, torch::Tensor&,
                           torch::Tensor&) {
   return {};
+}
+bool greedy_step_pick(const torch::Tensor&, const torch::Tensor&, double, const torch::Tensor&, torch::Tensor&,
+                      torch::Tensor&, int64_t, torch::Tensor&, torch::Tensor&, torch::Tensor&, torch::Tensor&) {
+  return false;
 }
 StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, torch::Tensor&, int64_t) {

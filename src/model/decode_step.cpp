@@ -60,6 +60,29 @@ DecodeStep::DecodeStep(Decoder decoder, KVCache& cache, const torch::Tensor& pro
   fast_ = kernels_apply();
   fuse_norms_ = fast_ && norm_fusion_applies();
   if (fast_) arrivals_ = torch::zeros({B * dec_->config().num_attention_heads}, longs.dtype(torch::kInt));
+  first_slot_ = filled;
+}
+
+bool DecodeStep::pick_greedily(GreedyPick pick) {
+  GMSA_CHECK(calls_ == 0, "decode step: pick_greedily must come before the first run");
+  if (!fast_ || !decode_ops::step_pick()) return false;
+  const int64_t B = tokens_.size(0), V = dec_->config().vocab_size;
+  const auto device = tokens_.device();
+  auto on_device = [&](const torch::Tensor& t, torch::ScalarType dtype) {
+    return t.defined() && t.device() == device && t.scalar_type() == dtype && t.is_contiguous();
+  };
+  GMSA_CHECK(on_device(pick.eos, torch::kLong) && pick.eos.dim() == 1 && on_device(pick.finished, torch::kBool) &&
+                 pick.finished.numel() == B && pick.out.defined() && pick.out.device() == device &&
+                 pick.out.scalar_type() == torch::kLong && pick.out.dim() == 2 && pick.out.size(0) == B &&
+                 pick.out.stride(1) == 1 &&
+                 (!pick.seen.defined() || (on_device(pick.seen, torch::kBool) &&
+                                           pick.seen.sizes() == torch::IntArrayRef({B, V}))),
+             "decode step: the greedy pick's tensors do not match the step ({} rows, vocabulary {}, {})", B, V,
+             device.str());
+  pick_ = std::move(pick);
+  ticket_ = torch::zeros({1}, tokens_.options().dtype(torch::kInt));
+  picks_ = true;
+  return true;
 }
 
 bool DecodeStep::kernels_apply() const {
@@ -204,7 +227,14 @@ torch::Tensor DecodeStep::forward_kernels() {
     end_block(h, down, last ? body->norm : body->layer(i + 1)->input_layernorm, last ? head : next_qkv.weight);
     qkv_w = next_qkv;
   }
-  auto logits = start_block(head, {}, first_qkv.weight).to(torch::kFloat);
+  auto logits = start_block(head, {}, first_qkv.weight);
+  if (picks_) {  // the pick feeds tokens_ and advances positions_ and slot_
+    GMSA_CHECK(decode_ops::greedy_step_pick(logits, pick_.seen, pick_.penalty, pick_.eos, tokens_, pick_.out,
+                                            first_slot_ - 1, pick_.finished, positions_, slot_, ticket_),
+               "decode step: the greedy pick kernel no longer applies");
+    return {};
+  }
+  logits = logits.to(torch::kFloat);
   if (!decode_ops::step_end(positions_, slot_)) {
     positions_.add_(1);
     slot_.add_(1);
@@ -239,7 +269,9 @@ torch::Tensor DecodeStep::forward() {
 
 torch::Tensor DecodeStep::run(const torch::Tensor& tokens) {
   torch::NoGradGuard no_grad;
-  tokens_.copy_(tokens, /*non_blocking=*/true);
+  GMSA_CHECK(tokens.defined() || (picks_ && calls_ > 0), "decode step: no tokens to consume");
+  if (tokens.defined()) tokens_.copy_(tokens, /*non_blocking=*/true);
+  ++calls_;
   ++cache_.length;  // host bookkeeping only; the step itself reads slot_
   GMSA_CHECK(cache_.length <= cache_.capacity(), "decode step: KV cache overflow (capacity {})", cache_.capacity());
   if (!want_graph_) return forward();
@@ -269,7 +301,7 @@ torch::Tensor DecodeStep::run(const torch::Tensor& tokens) {
   done.record(side);
   done.block(main);
   // `first` was allocated on the side stream and is read on the main one.
-  c10::cuda::CUDACachingAllocator::recordStream(first.storage().data_ptr(), main);
+  if (first.defined()) c10::cuda::CUDACachingAllocator::recordStream(first.storage().data_ptr(), main);
   return first;
 #else
   fail("decode step: CUDA graphs are not available in this build");

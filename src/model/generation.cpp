@@ -220,8 +220,13 @@ GenerationResult generate(Decoder& dec, const std::vector<GenerationPrompt>& pro
     res.cuda_graph = cfg.cuda_graph && device.is_cuda();
     DecodeStep step(dec, cache, batch.mask, positions.select(1, T - 1) + 1, res.cuda_graph);
     res.decode_kernels = step.uses_decode_kernels();
+    // Greedy: the step picks and feeds itself where it can, so that the host only replays it.
+    res.step_pick = !cfg.do_sample && step.pick_greedily({seen, cfg.repetition_penalty, eos_t, out, finished});
     for (; produced < N; ++produced) {
-      next = pick(step.run(next), produced);
+      if (res.step_pick)
+        step.run(produced == 1 ? next : torch::Tensor());
+      else
+        next = pick(step.run(next), produced);
       // The prefill's flag right after the first step (a batch that ended at its first token
       // wastes one step), then every kEosCheckEvery steps the flag posted at the previous check.
       if (produced > 1 && (produced + 1) % kEosCheckEvery != 0) continue;

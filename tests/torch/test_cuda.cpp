@@ -755,6 +755,117 @@ TEST(Cuda, GreedyPickMatchesThePlainOps) {
                    .defined());
 }
 
+// The pick that ends a decoding step (DecodeStep::pick_greedily) on bf16 logits: the pick of
+// their fp32 copy, its column from the step's slot, and the step advanced once for all rows.
+TEST(Cuda, GreedyStepPickAdvancesTheStep) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  torch::NoGradGuard g;
+  torch::manual_seed(12);
+  auto longs = torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA);
+  const int64_t B = 12, V = 32000, N = 5, base = 40;
+  auto logits = (torch::randn({B, V}, longs.dtype(torch::kFloat)) * 4).to(torch::kBFloat16);
+  logits[1][70] = logits[1][900] = 100.f;  // a tie: the lower index wins
+  auto seen = torch::rand({B, V}, longs.dtype(torch::kFloat)) < 0.3;
+  auto eos = torch::tensor({2, 70}, longs);
+  const double p = 1.3;
+  auto out = torch::full({B, N}, -7, longs);
+  auto next = torch::zeros({B}, longs), positions = torch::arange(B, longs) + 100;
+  auto slot = torch::full({1}, base + 2, longs);
+  auto ticket = torch::zeros({1}, longs.dtype(torch::kInt));
+  auto finished = torch::zeros({B}, longs.dtype(torch::kBool));
+  auto seen_step = seen.clone();
+  ASSERT_TRUE(decode_ops::greedy_step_pick(logits, seen_step, p, eos, next, out, base, finished, positions, slot,
+                                           ticket));
+  // The host path: fp32 logits, then greedy_pick into column 2.
+  auto out_ref = torch::full({B, N}, -7, longs);
+  auto fin_ref = torch::zeros({B}, longs.dtype(torch::kBool));
+  auto seen_ref = seen.clone();
+  auto col = out_ref.select(1, 2);
+  auto ref = decode_ops::greedy_pick(logits.to(torch::kFloat), seen_ref, p, eos, col, fin_ref);
+  ASSERT_TRUE(ref.defined());
+  EXPECT_TRUE(torch::equal(next, ref));
+  EXPECT_EQ(next[1].item<int64_t>(), 70);
+  EXPECT_TRUE(torch::equal(out, out_ref));
+  EXPECT_TRUE(torch::equal(seen_step, seen_ref));
+  EXPECT_TRUE(torch::equal(finished, fin_ref));
+  EXPECT_TRUE(torch::equal(positions, torch::arange(B, longs) + 101));
+  EXPECT_EQ(slot.item<int64_t>(), base + 3);  // once, not once per row
+  EXPECT_EQ(ticket.item<int>(), 0);
+  // Past the last column nothing is written; the step still advances.
+  slot.fill_(base + N);
+  auto before = out.clone();
+  ASSERT_TRUE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, out, base, finished, positions, slot, ticket));
+  EXPECT_TRUE(torch::equal(out, before));
+  EXPECT_EQ(slot.item<int64_t>(), base + N + 1);
+  // Not for the kernel (a strided output, a CPU tensor): false, nothing launched.
+  auto strided = torch::zeros({N, B}, longs).t();
+  EXPECT_FALSE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, strided, base, finished, positions, slot,
+                                            ticket));
+  auto cpu_logits = logits.cpu();
+  EXPECT_FALSE(decode_ops::greedy_step_pick(cpu_logits, {}, 1.0, eos, next, out, base, finished, positions, slot,
+                                            ticket));
+}
+
+// Greedy generation with the pick inside the decoding step gives the tokens of the pick after
+// it, bit for bit (the same logits; the pick compares their fp32 values either way): batch 12
+// (the TMA-fed projections, norms fused), 3 and 1, with and without the graph, with the
+// repetition penalty and EOS stopping.
+TEST(Cuda, GreedyGenerationPicksInsideTheStep) {
+  GMSA_REQUIRE_CUDA();
+  if (!fused::compiled()) GTEST_SKIP() << "built without the CUDA kernels (no nvcc at configure time)";
+  auto cfg = gmsa::testing::tiny_config("llama");
+  cfg.hidden_size = 256;
+  cfg.intermediate_size = 512;
+  cfg.head_dim = 64;
+  Decoder d(cfg);
+  gmsa::testing::randomize(*d, 9);
+  d->eval();
+  d->to(torch::kCUDA, torch::kBFloat16);
+  d->set_compute_dtype(torch::kBFloat16);
+  d->pack_projections();
+  torch::manual_seed(4);
+  for (int64_t B : {12, 3, 1}) {
+    std::vector<GenerationPrompt> prompts;
+    for (int64_t b = 0; b < B; ++b) {
+      auto ids = torch::randint(3, cfg.vocab_size, {3 + (b * 5) % 7}, torch::kLong);
+      prompts.push_back({{}, std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel())});
+    }
+    GenerationConfig gc;
+    gc.max_new_tokens = 12;
+    gc.eos_ids = {-1};
+    gc.repetition_penalty = 1.3;
+    gc.penalize_prompt = true;
+    for (bool graph : {true, false}) {
+      gc.cuda_graph = graph;
+      decode_ops::set_step_pick(false);
+      auto after = generate(d, prompts, gc);
+      decode_ops::set_step_pick(true);
+      auto inside = generate(d, prompts, gc);
+      EXPECT_FALSE(after.step_pick);
+      EXPECT_TRUE(inside.step_pick) << "batch " << B;
+      EXPECT_TRUE(inside.decode_kernels);
+      EXPECT_EQ(inside.cuda_graph, graph);
+      EXPECT_EQ(inside.tokens, after.tokens) << "batch " << B << " graph " << graph;
+      EXPECT_EQ(inside.steps, gc.max_new_tokens - 1);
+      // EOS: each row cut at its first EOS, the same as after the step.
+      auto cut_cfg = gc;
+      cut_cfg.eos_ids = {after.tokens[0][3]};
+      decode_ops::set_step_pick(false);
+      auto cut_after = generate(d, prompts, cut_cfg);
+      decode_ops::set_step_pick(true);
+      auto cut_inside = generate(d, prompts, cut_cfg);
+      EXPECT_EQ(cut_inside.tokens, cut_after.tokens) << "batch " << B << " graph " << graph;
+      ASSERT_LE(cut_inside.tokens[0].size(), 3u);
+    }
+  }
+  // Sampling picks on the host.
+  GenerationConfig sampled;
+  sampled.max_new_tokens = 4;
+  sampled.do_sample = true;
+  EXPECT_FALSE(generate(d, {{{}, {5, 6, 7}}}, sampled).step_pick);
+}
+
 // The decoding step through its kernels against the layers' own step, teacher-forced (the same
 // tokens fed to both), on a bf16 model with packed projections: a left-padded batch and batch 1,
 // GQA, head_dim 64, with and without a sliding window, with each projection kernel choice. Logits are compared,

@@ -33,6 +33,7 @@ struct BenchInferOptions {
   std::string gemv;            // decode_ops::Projection by name (auto | cublas | tc); empty: as is
   bool pdl = true;             // programmatic dependent launch of the decoding kernels (false: off)
   bool norm_fusion = true;     // add + RMSNorm in the projections at 9-16 rows (false: off)
+  bool step_pick = true;       // greedy picks inside the decoding step (false: after it, on the host's call)
   int64_t warm_mib = -1;       // decode_ops::set_warm_bytes in MiB; negative: as is
   bool merge_lora = true;      // fold the encoder's LoRA into private weights (Encoder::merge_lora)
   bool skip_original = false;  // time the compressed cases only (e.g. at a batch the original cannot fit)
@@ -57,6 +58,7 @@ struct BenchCase {
   double answers_per_s = 0;    // batch / median end-to-end time
   bool cuda_graph = false;     // the decoding steps replayed a CUDA graph
   bool decode_kernels = false; // ... and ran the decoding kernels
+  bool step_pick = false;      // ... and picked inside the step (DecodeStep::pick_greedily)
   int64_t peak_bytes = -1;     // CUDA: peak allocated in this case; CPU: process max RSS
 };
 

@@ -144,6 +144,21 @@ bool step_end(torch::Tensor& positions, torch::Tensor& slot);
 torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty,
                           const torch::Tensor& eos, torch::Tensor& out_column, torch::Tensor& finished);
 
+// greedy_pick as the last launch of a decoding step (DecodeStep::pick_greedily), so that the
+// step feeds itself: logits [B, V] bf16 or fp32 (compared as their fp32 values: the pick of the
+// fp32 copy); the pick goes to next [B] (the step's input) and to out[b, *slot - slot_base]
+// (out [B, N] int64, unit column stride; a column outside [0, N) is not written), and the step
+// advances: positions [B] += 1, then *slot += 1 once every row has read it (ticket: one int32
+// zero on the device, left zero, per stream of steps). False where the kernel does not apply.
+bool greedy_step_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty, const torch::Tensor& eos,
+                      torch::Tensor& next, torch::Tensor& out, int64_t slot_base, torch::Tensor& finished,
+                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket);
+// Whether greedy generation picks inside the decoding step where it can (DecodeStep::
+// pick_greedily): the kernels are on, unless switched off here or by GMSA_DECODE_STEP_PICK=0 at
+// start-up (then generate() picks after each step, as for sampling).
+bool step_pick();
+void set_step_pick(bool on);
+
 // silu(x G^T) * (x U^T) for a packed gate_up [2I, K] (G over U), as linear() then silu_mul with
 // their roundings, in one kernel; undefined where projection() gives these rows to cuBLAS or no
 // kernel applies.

@@ -27,8 +27,26 @@ class DecodeStep {
   DecodeStep& operator=(const DecodeStep&) = delete;
 
   // Consumes `tokens` [B] (device int64) and returns the next-token logits [B, V] (fp32). The
-  // returned tensor is overwritten by the next call.
+  // returned tensor is overwritten by the next call. With pick_greedily: the first call consumes
+  // `tokens`, later ones the previous call's pick (pass an undefined tensor), and nothing is
+  // returned.
   torch::Tensor run(const torch::Tensor& tokens);
+
+  // Greedy decoding inside the step, and so inside its graph: each call ends with
+  // decode_ops::greedy_step_pick (generate()'s greedy pick: the repetition penalty on `seen`,
+  // argmax, seen and finished updated), writes its rows' tokens to column 1, 2, ... of `out`
+  // for its first, second, ... call and consumes them at the next call, so the host only
+  // replays the step: no logits conversion, pick, copy or step-end launch of its own between
+  // two steps. Call before the first run(); false, and nothing changes, where it does not apply
+  // (the step does not run the decoding kernels, or decode_ops::step_pick() is off).
+  struct GreedyPick {
+    torch::Tensor seen;      // [B, V] bool, or undefined: no repetition penalty
+    double penalty = 1.0;
+    torch::Tensor eos;       // [n] int64
+    torch::Tensor out;       // [B, N] int64, unit column stride
+    torch::Tensor finished;  // [B] bool
+  };
+  bool pick_greedily(GreedyPick pick);
 
   bool graphed() const { return graph_ != nullptr; }
   // Whether the step runs the decoding kernels (decode_ops.h) rather than the layers' forward.
@@ -57,6 +75,11 @@ class DecodeStep {
   torch::Tensor columns_;    // [capacity] int64: 0..capacity-1, for the sliding window
   torch::Tensor logits_;     // the graph's output buffer
   torch::Tensor arrivals_;   // [B * H] int32 zeros: decode_ops::attention's per-head counters
+  GreedyPick pick_;          // with picks_: the in-step pick's outputs
+  torch::Tensor ticket_;     // [1] int32 zero: greedy_step_pick's count of finished rows
+  int64_t first_slot_ = 0;   // the first call's cache column
+  int64_t calls_ = 0;
+  bool picks_ = false;
   struct Graph;
   std::unique_ptr<Graph> graph_;
   bool want_graph_;

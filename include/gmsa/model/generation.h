@@ -42,6 +42,7 @@ struct GenerationResult {
   int64_t steps = 0;       // decoding steps after the first token
   bool cuda_graph = false; // whether those steps replayed a CUDA graph
   bool decode_kernels = false;  // whether they ran the decoding kernels (decode_ops.h)
+  bool step_pick = false;       // whether greedy picks ran inside the step (DecodeStep::pick_greedily)
 };
 
 GenerationResult generate(Decoder& decoder, const std::vector<GenerationPrompt>& prompts,
