@@ -388,25 +388,32 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 
 // ---------------------------------------------------------------- step begin / end
 
-// Block b: resid[b] = embed[tokens[b]] (16-byte copies), cos/sin[b] as rope_tables() makes them
-// (fp32 position * inv_freq, the halves repeated, cosf / sinf rounded to bf16), and
-// key_mask[b, *slot] = true: what took ~8 small LibTorch launches at the top of each step.
-__global__ void decode_step_begin_kernel(const int64_t* tokens, const bf16* embed, int64_t hidden,
-                                         const int64_t* positions, const float* inv_freq, int64_t dim,
-                                         const int64_t* slot, bool* key_mask, int64_t capacity, bf16* resid,
-                                         bf16* cos_out, bf16* sin_out) {
-  const int64_t b = blockIdx.x;
-  const uint4* src = reinterpret_cast<const uint4*>(embed + tokens[b] * hidden);
-  uint4* dst = reinterpret_cast<uint4*>(resid + b * hidden);
-  for (int64_t c = threadIdx.x; c < hidden / 8; c += blockDim.x) dst[c] = src[c];
-  const float pos = static_cast<float>(positions[b]);
-  const int64_t half = dim / 2;
+// Row b of a step's beginning, by every thread of its block: resid[b] = embed[token] (16-byte
+// copies), cos/sin[b] as rope_tables() makes them for `position` (fp32 position * inv_freq, the
+// halves repeated, cosf / sinf rounded to bf16), and key_mask[b, column] = true.
+__device__ void begin_row(int64_t b, int64_t token, int64_t position, int64_t column, const NextStepBegin& at) {
+  const auto* embed = static_cast<const bf16*>(at.embed);
+  const uint4* src = reinterpret_cast<const uint4*>(embed + token * at.hidden);
+  uint4* dst = reinterpret_cast<uint4*>(static_cast<bf16*>(at.resid) + b * at.hidden);
+  for (int64_t c = threadIdx.x; c < at.hidden / 8; c += blockDim.x) dst[c] = src[c];
+  const float pos = static_cast<float>(position);
+  const int64_t dim = at.dim, half = dim / 2;
+  auto* cos_out = static_cast<bf16*>(at.cos);
+  auto* sin_out = static_cast<bf16*>(at.sin);
   for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-    const float f = pos * inv_freq[d % half];
+    const float f = pos * at.inv_freq[d % half];
     cos_out[b * dim + d] = __float2bfloat16(cosf(f));
     sin_out[b * dim + d] = __float2bfloat16(sinf(f));
   }
-  if (threadIdx.x == 0) key_mask[b * capacity + *slot] = true;
+  if (threadIdx.x == 0) at.key_mask[b * at.capacity + column] = true;
+}
+
+// Block b: begin_row for tokens[b] at positions[b] and column *slot: what took ~8 small
+// LibTorch launches at the top of each step.
+__global__ void decode_step_begin_kernel(const int64_t* tokens, const int64_t* positions, const int64_t* slot,
+                                         NextStepBegin at) {
+  const int64_t b = blockIdx.x;
+  begin_row(b, tokens[b], positions[b], *slot, at);
 }
 
 // positions[b] += 1 for every row, then *slot += 1: the step's last launch.
@@ -461,30 +468,39 @@ __global__ void __launch_bounds__(1024) greedy_pick_kernel(const T* logits, int6
   warp_argmax(best, best_i);
   __shared__ float warp_best[32];
   __shared__ int64_t warp_i[32];
+  __shared__ int64_t picked, position, column;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
   if (lane == 0) warp_best[warp] = best, warp_i[warp] = best_i;
   __syncthreads();
-  if (warp != 0) return;
-  best = lane < warps ? warp_best[lane] : -INFINITY;
-  best_i = lane < warps ? warp_i[lane] : INT64_MAX;
-  warp_argmax(best, best_i);
-  if (lane != 0) return;  // vocab > 0: best_i is a column
-  next[b] = best_i;
-  int64_t column = 0;
-  if (advance.slot) column = *advance.slot - advance.slot_base;
-  if (column >= 0 && column < advance.columns) out[b * out_stride + column] = best_i;
-  if (seen) seen[b * vocab + best_i] = true;
-  bool stop = false;
-  for (int64_t e = 0; e < n_eos; ++e) stop |= eos[e] == best_i;
-  finished[b] = finished[b] || stop;
-  if (!advance.slot) return;
-  advance.positions[b] += 1;
-  // Every block has read *slot before it counts itself in (the fence orders them).
-  __threadfence();
-  if (atomicAdd(advance.ticket, 1) == static_cast<int>(gridDim.x) - 1) {
-    *advance.ticket = 0;
-    *advance.slot += 1;
+  if (warp == 0) {
+    best = lane < warps ? warp_best[lane] : -INFINITY;
+    best_i = lane < warps ? warp_i[lane] : INT64_MAX;
+    warp_argmax(best, best_i);
   }
+  if (threadIdx.x == 0) {  // vocab > 0: best_i is a column
+    next[b] = best_i;
+    const int64_t slot = advance.slot ? *advance.slot : 0;
+    const int64_t col = slot - advance.slot_base;
+    if (col >= 0 && col < advance.columns) out[b * out_stride + col] = best_i;
+    if (seen) seen[b * vocab + best_i] = true;
+    bool stop = false;
+    for (int64_t e = 0; e < n_eos; ++e) stop |= eos[e] == best_i;
+    finished[b] = finished[b] || stop;
+    if (advance.slot) {
+      picked = best_i;
+      position = advance.positions[b] += 1;
+      column = slot + 1;
+      // Every block has read *slot before it counts itself in (the fence orders them).
+      __threadfence();
+      if (atomicAdd(advance.ticket, 1) == static_cast<int>(gridDim.x) - 1) {
+        *advance.ticket = 0;
+        *advance.slot += 1;
+      }
+    }
+  }
+  if (!advance.slot || !advance.begin.embed) return;
+  __syncthreads();
+  if (column < advance.begin.capacity) begin_row(b, picked, position, column, advance.begin);
 }
 
 // ---------------------------------------------------------------- GEMV
@@ -789,13 +805,10 @@ void gemv_bf16(const void* w, const void* x, void* y, int64_t n, int64_t k, bool
   launch_gemv<2, 8>(wp, xp, yp, n, k, swiglu, on);
 }
 
-void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden, const int64_t* positions,
-                       const float* inv_freq, int64_t dim, const int64_t* slot, bool* key_mask, int64_t capacity,
-                       void* resid, void* cos, void* sin, int64_t batch, cudaStream_t stream) {
+void decode_step_begin(const int64_t* tokens, const int64_t* positions, const int64_t* slot, const NextStepBegin& at,
+                       int64_t batch, cudaStream_t stream) {
   if (batch == 0) return;
-  decode_step_begin_kernel<<<grid1(batch), 256, 0, stream>>>(
-      tokens, static_cast<const bf16*>(embed), hidden, positions, inv_freq, dim, slot, key_mask, capacity,
-      static_cast<bf16*>(resid), static_cast<bf16*>(cos), static_cast<bf16*>(sin));
+  decode_step_begin_kernel<<<grid1(batch), 256, 0, stream>>>(tokens, positions, slot, at);
 }
 
 void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStream_t stream) {

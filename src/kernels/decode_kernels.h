@@ -73,12 +73,24 @@ bool decode_attention_supports(int64_t dim);
 constexpr int64_t kAttentionLatencyBoundRounds = 8;
 AttentionPlan decode_attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
 
-// The decoding step's first launch, per row b: resid[b] = embed[tokens[b]] (bf16 [V, hidden],
-// hidden % 8 == 0, 16-byte aligned), cos/sin [b, dim] for positions[b] exactly as rope_tables()
-// computes them (bf16), key_mask[b, *slot] = true. And its last: positions[b] += 1, *slot += 1.
-void decode_step_begin(const int64_t* tokens, const void* embed, int64_t hidden, const int64_t* positions,
-                       const float* inv_freq, int64_t dim, const int64_t* slot, bool* key_mask, int64_t capacity,
-                       void* resid, void* cos, void* sin, int64_t batch, cudaStream_t stream);
+// Where a decoding step's beginning writes, per row b: resid[b] = embed[token] (bf16 [V, hidden],
+// hidden % 8 == 0, 16-byte aligned), cos/sin [b, dim] for the row's position exactly as
+// rope_tables() computes them (bf16), key_mask[b, column] = true (bool [B, capacity]).
+struct NextStepBegin {
+  const void* embed = nullptr;
+  int64_t hidden = 0;
+  const float* inv_freq = nullptr;  // [dim / 2]
+  int64_t dim = 0;
+  bool* key_mask = nullptr;
+  int64_t capacity = 0;
+  void* resid = nullptr;
+  void* cos = nullptr;
+  void* sin = nullptr;
+};
+// The decoding step's first launch: the beginning of row b for tokens[b] at positions[b] and
+// column *slot. And its last: positions[b] += 1, *slot += 1.
+void decode_step_begin(const int64_t* tokens, const int64_t* positions, const int64_t* slot, const NextStepBegin& at,
+                       int64_t batch, cudaStream_t stream);
 void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStream_t stream);
 
 // Greedy decoding's pick for rows of logits [batch, vocab] (fp32, or bf16 with bf16_logits):
@@ -88,13 +100,16 @@ void decode_step_end(int64_t* positions, int64_t batch, int64_t* slot, cudaStrea
 // next [batch] int64. Without an advance column is 0. With one (slot set) the pick ends a
 // decoding step that consumes `next` at its following call: column = *slot - slot_base (not
 // written unless in [0, columns)), positions[b] += 1, and once every row has read *slot (the
-// last block, counted in `ticket`: one int, zero on entry and left zero) *slot += 1.
+// last block, counted in `ticket`: one int, zero on entry and left zero) *slot += 1. With
+// begin.embed set too, each row also begins the next step for its pick: begin_row at the
+// advanced position and column *slot + 1 (nothing where that column is past the capacity).
 struct StepAdvance {
   int64_t* positions = nullptr;
   int64_t* slot = nullptr;
   int64_t slot_base = 0;
   int64_t columns = 1;
   int* ticket = nullptr;
+  NextStepBegin begin = {};
 };
 void greedy_pick(const void* logits, bool bf16_logits, int64_t batch, int64_t vocab, bool* seen, float penalty,
                  const int64_t* eos, int64_t n_eos, int64_t* next, int64_t* out, int64_t out_stride, bool* finished,

@@ -351,27 +351,51 @@ torch::Tensor normed_linear(const NormedInput& in, const torch::Tensor& w, const
   return y;
 }
 
-StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
-                     const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim) {
+namespace {
+
+bool long_vector(const torch::Tensor& t, const torch::Device& on, int64_t n) {
+  return t.defined() && t.device() == on && t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == n;
+}
+
+// The kernels' view of where `rows` rows begin a step (kernels::NextStepBegin), or false where
+// the tensors do not fit it: embed [V, H] bf16 (H % 8 == 0, 16-byte aligned), inv_freq
+// [dim / 2] fp32, key_mask [rows, capacity] bool, `into` [rows, H] and [rows, dim] bf16.
+bool begin_args(const torch::Tensor& embed, const torch::Tensor& inv_freq, const torch::Tensor& key_mask,
+                int64_t rows, int64_t dim, const StepBegin& into, kernels::NextStepBegin& at) {
   if (!enabled() || !bf16_cuda({&embed}) || embed.dim() != 2 || !embed.is_contiguous() || embed.size(1) % 8 != 0 ||
       !aligned16(embed.data_ptr()) || dim % 2 != 0)
-    return {};
+    return false;
   const auto on = embed.device();
-  const int64_t B = tokens.numel(), H = embed.size(1);
-  auto long_vec = [&](const torch::Tensor& t, int64_t n) {
-    return t.device() == on && t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == n;
+  const int64_t H = embed.size(1);
+  auto bf16_rows = [&](const torch::Tensor& t, int64_t cols) {
+    return t.defined() && t.device() == on && t.scalar_type() == torch::kBFloat16 && t.is_contiguous() &&
+           t.sizes() == torch::IntArrayRef({rows, cols}) && aligned16(t.data_ptr());
   };
-  if (!long_vec(tokens, B) || !long_vec(positions, B) || !long_vec(slot, 1) || inv_freq.device() != on ||
-      inv_freq.scalar_type() != torch::kFloat || !inv_freq.is_contiguous() || inv_freq.numel() != dim / 2 ||
-      key_mask.device() != on || key_mask.scalar_type() != torch::kBool || !key_mask.is_contiguous() ||
-      key_mask.dim() != 2 || key_mask.size(0) != B)
-    return {};
+  if (inv_freq.device() != on || inv_freq.scalar_type() != torch::kFloat || !inv_freq.is_contiguous() ||
+      inv_freq.numel() != dim / 2 || key_mask.device() != on || key_mask.scalar_type() != torch::kBool ||
+      !key_mask.is_contiguous() || key_mask.dim() != 2 || key_mask.size(0) != rows || !bf16_rows(into.embeds, H) ||
+      !bf16_rows(into.cos, dim) || !bf16_rows(into.sin, dim))
+    return false;
+  at = {embed.data_ptr(), H, inv_freq.data_ptr<float>(), dim, key_mask.data_ptr<bool>(), key_mask.size(1),
+        into.embeds.data_ptr(), into.cos.data_ptr(), into.sin.data_ptr()};
+  return true;
+}
+
+}  // namespace
+
+StepBegin step_begin(const torch::Tensor& tokens, const torch::Tensor& embed, const torch::Tensor& positions,
+                     const torch::Tensor& inv_freq, const torch::Tensor& slot, torch::Tensor& key_mask, int64_t dim) {
+  if (!embed.defined() || !embed.is_cuda() || embed.dim() != 2) return {};
+  const auto on = embed.device();
+  const int64_t B = tokens.numel();
+  if (!long_vector(tokens, on, B) || !long_vector(positions, on, B) || !long_vector(slot, on, 1)) return {};
+  auto options = embed.options();
+  StepBegin r{torch::empty({B, embed.size(-1)}, options), torch::empty({B, dim}, options),
+              torch::empty({B, dim}, options)};
+  kernels::NextStepBegin at;
+  if (!begin_args(embed, inv_freq, key_mask, B, dim, r, at)) return {};
   c10::cuda::CUDAGuard guard(on);
-  StepBegin r{torch::empty({B, H}, embed.options()), torch::empty({B, dim}, embed.options()),
-              torch::empty({B, dim}, embed.options())};
-  kernels::decode_step_begin(tokens.data_ptr<int64_t>(), embed.data_ptr(), H, positions.data_ptr<int64_t>(),
-                             inv_freq.data_ptr<float>(), dim, slot.data_ptr<int64_t>(), key_mask.data_ptr<bool>(),
-                             key_mask.size(1), r.embeds.data_ptr(), r.cos.data_ptr(), r.sin.data_ptr(), B,
+  kernels::decode_step_begin(tokens.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), at, B,
                              c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return r;
@@ -389,10 +413,6 @@ bool step_end(torch::Tensor& positions, torch::Tensor& slot) {
 }
 
 namespace {
-
-bool long_vector(const torch::Tensor& t, const torch::Device& on, int64_t n) {
-  return t.defined() && t.device() == on && t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == n;
-}
 
 // The checks both greedy picks share: logits [B, V] (fp32, or bf16 where bf16_ok) and the
 // bookkeeping tensors on their device.
@@ -435,7 +455,8 @@ torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen
 
 bool greedy_step_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty, const torch::Tensor& eos,
                       torch::Tensor& next, torch::Tensor& out, int64_t slot_base, torch::Tensor& finished,
-                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket) {
+                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket,
+                      const NextBegin* next_begin) {
   if (!pickable(logits, seen, eos, finished, /*bf16_ok=*/true)) return false;
   const auto on = logits.device();
   const int64_t B = logits.size(0);
@@ -446,6 +467,10 @@ bool greedy_step_pick(const torch::Tensor& logits, const torch::Tensor& seen, do
     return false;
   kernels::StepAdvance advance{positions.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), slot_base, out.size(1),
                                ticket.data_ptr<int>()};
+  if (next_begin && !begin_args(next_begin->embed, next_begin->inv_freq, next_begin->key_mask, B,
+                                next_begin->into.cos.defined() ? next_begin->into.cos.size(-1) : 0,
+                                next_begin->into, advance.begin))
+    return false;
   launch_pick(logits, seen, penalty, eos, next, out.data_ptr<int64_t>(), out.stride(0), finished, advance);
   return true;
 }
@@ -457,7 +482,8 @@ torch::Tensor greedy_pick(const torch::Tensor&, const torch::Tensor&, double, co
   return {};
 }
 bool greedy_step_pick(const torch::Tensor&, const torch::Tensor&, double, const torch::Tensor&, torch::Tensor&,
-                      torch::Tensor&, int64_t, torch::Tensor&, torch::Tensor&, torch::Tensor&, torch::Tensor&) {
+                      torch::Tensor&, int64_t, torch::Tensor&, torch::Tensor&, torch::Tensor&, torch::Tensor&,
+                      const NextBegin*) {
   return false;
 }
 StepBegin step_begin(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,

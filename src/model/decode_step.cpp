@@ -148,10 +148,12 @@ torch::Tensor DecodeStep::forward_kernels() {
   const auto& mc = dec_->config();
   const int64_t B = tokens_.size(0), D = mc.head_dim;
   auto body = dec_->model;
-  // The rows' embeddings, their RoPE tables and the new key column: one launch, or the ops.
-  auto begun =
-      decode_ops::step_begin(tokens_, body->embed_tokens->weight, positions_, dec_->inv_freq, slot_, key_mask_, D);
-  torch::Tensor resid = begun.embeds, cos = begun.cos, sin = begun.sin;
+  // The rows' embeddings, their RoPE tables and the new key column: made by the previous step's
+  // pick (chained_), or one launch, or the ops.
+  if (!chained_)
+    begun_ = decode_ops::step_begin(tokens_, body->embed_tokens->weight, positions_, dec_->inv_freq, slot_, key_mask_,
+                                    D);
+  torch::Tensor resid = begun_.embeds, cos = begun_.cos, sin = begun_.sin;
   if (!resid.defined()) {
     key_mask_.index_fill_(1, slot_, true);
     Rope rope = rope_tables(dec_->inv_freq, positions_, dec_->compute_dtype());
@@ -228,10 +230,14 @@ torch::Tensor DecodeStep::forward_kernels() {
     qkv_w = next_qkv;
   }
   auto logits = start_block(head, {}, first_qkv.weight);
-  if (picks_) {  // the pick feeds tokens_ and advances positions_ and slot_
+  if (picks_) {  // the pick feeds tokens_, advances positions_ and slot_, and begins the next step
+    const bool chain = begun_.embeds.defined();
+    const decode_ops::NextBegin next{begun_, body->embed_tokens->weight, dec_->inv_freq, key_mask_};
     GMSA_CHECK(decode_ops::greedy_step_pick(logits, pick_.seen, pick_.penalty, pick_.eos, tokens_, pick_.out,
-                                            first_slot_ - 1, pick_.finished, positions_, slot_, ticket_),
+                                            first_slot_ - 1, pick_.finished, positions_, slot_, ticket_,
+                                            chain ? &next : nullptr),
                "decode step: the greedy pick kernel no longer applies");
+    chained_ = chain;
     return {};
   }
   logits = logits.to(torch::kFloat);

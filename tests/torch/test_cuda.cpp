@@ -798,7 +798,38 @@ TEST(Cuda, GreedyStepPickAdvancesTheStep) {
   ASSERT_TRUE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, out, base, finished, positions, slot, ticket));
   EXPECT_TRUE(torch::equal(out, before));
   EXPECT_EQ(slot.item<int64_t>(), base + N + 1);
-  // Not for the kernel (a strided output, a CPU tensor): false, nothing launched.
+  // With the next step's beginning: what step_begin makes for the picked tokens at the advanced
+  // positions and column (the pick consumes slot base + N + 1, so the next column is + 2).
+  const int64_t H = 256, D = 128, capacity = base + N + 3;
+  auto bf = longs.dtype(torch::kBFloat16);
+  auto embed = torch::randn({V, H}, bf);
+  auto inv_freq = torch::pow(10000.0, -torch::arange(0, D, 2, longs.dtype(torch::kFloat)) / D);
+  auto key_mask = torch::zeros({B, capacity}, longs.dtype(torch::kBool));
+  decode_ops::NextBegin begin{{torch::zeros({B, H}, bf), torch::zeros({B, D}, bf), torch::zeros({B, D}, bf)},
+                              embed, inv_freq, key_mask};
+  ASSERT_TRUE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, out, base, finished, positions, slot, ticket,
+                                           &begin));
+  EXPECT_EQ(slot.item<int64_t>(), base + N + 2);
+  auto ref_mask = torch::zeros_like(key_mask);
+  auto ref_begin = decode_ops::step_begin(next, embed, positions, inv_freq, slot, ref_mask, D);
+  ASSERT_TRUE(ref_begin.embeds.defined());
+  EXPECT_TRUE(torch::equal(begin.into.embeds, ref_begin.embeds));
+  EXPECT_TRUE(torch::equal(begin.into.cos, ref_begin.cos));
+  EXPECT_TRUE(torch::equal(begin.into.sin, ref_begin.sin));
+  EXPECT_TRUE(torch::equal(key_mask, ref_mask));
+  EXPECT_EQ(key_mask.sum().item<int64_t>(), B);  // one column
+  // The last column's pick begins nothing past the capacity (and writes nowhere).
+  slot.fill_(capacity - 1);
+  key_mask.zero_();
+  ASSERT_TRUE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, out, base, finished, positions, slot, ticket,
+                                           &begin));
+  EXPECT_EQ(key_mask.sum().item<int64_t>(), 0);
+  EXPECT_EQ(slot.item<int64_t>(), capacity);
+  // Not for the kernel (a strided output, a CPU tensor, fp32 embeddings): false, nothing launched.
+  auto fp32_begin = begin;
+  fp32_begin.embed = embed.to(torch::kFloat);
+  EXPECT_FALSE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, out, base, finished, positions, slot, ticket,
+                                            &fp32_begin));
   auto strided = torch::zeros({N, B}, longs).t();
   EXPECT_FALSE(decode_ops::greedy_step_pick(logits, {}, 1.0, eos, next, strided, base, finished, positions, slot,
                                             ticket));

@@ -149,10 +149,19 @@ torch::Tensor greedy_pick(const torch::Tensor& logits, const torch::Tensor& seen
 // fp32 copy); the pick goes to next [B] (the step's input) and to out[b, *slot - slot_base]
 // (out [B, N] int64, unit column stride; a column outside [0, N) is not written), and the step
 // advances: positions [B] += 1, then *slot += 1 once every row has read it (ticket: one int32
-// zero on the device, left zero, per stream of steps). False where the kernel does not apply.
+// zero on the device, left zero, per stream of steps). With next_begin the same launch also
+// does step_begin's work for the next step: the picked tokens' embeddings and RoPE tables at
+// the advanced positions into next_begin->into (a StepBegin from step_begin, which the next
+// step then reads instead of launching step_begin), and key_mask's next column (none past its
+// capacity). False where the kernel does not apply.
+struct NextBegin {
+  StepBegin into;
+  torch::Tensor embed, inv_freq, key_mask;  // as for step_begin
+};
 bool greedy_step_pick(const torch::Tensor& logits, const torch::Tensor& seen, double penalty, const torch::Tensor& eos,
                       torch::Tensor& next, torch::Tensor& out, int64_t slot_base, torch::Tensor& finished,
-                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket);
+                      torch::Tensor& positions, torch::Tensor& slot, torch::Tensor& ticket,
+                      const NextBegin* next_begin = nullptr);
 // Whether greedy generation picks inside the decoding step where it can (DecodeStep::
 // pick_greedily): the kernels are on, unless switched off here or by GMSA_DECODE_STEP_PICK=0 at
 // start-up (then generate() picks after each step, as for sampling).

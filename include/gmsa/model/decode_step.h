@@ -10,6 +10,7 @@
 
 #include <memory>
 
+#include "gmsa/model/decode_ops.h"
 #include "gmsa/model/decoder.h"
 
 namespace gmsa {
@@ -36,8 +37,8 @@ class DecodeStep {
   // decode_ops::greedy_step_pick (generate()'s greedy pick: the repetition penalty on `seen`,
   // argmax, seen and finished updated), writes its rows' tokens to column 1, 2, ... of `out`
   // for its first, second, ... call and consumes them at the next call, so the host only
-  // replays the step: no logits conversion, pick, copy or step-end launch of its own between
-  // two steps. Call before the first run(); false, and nothing changes, where it does not apply
+  // replays the step: no logits conversion, pick, copy, step-end or step-begin launch of its
+  // own between two steps (the pick also embeds its tokens for the next step). Call before the first run(); false, and nothing changes, where it does not apply
   // (the step does not run the decoding kernels, or decode_ops::step_pick() is off).
   struct GreedyPick {
     torch::Tensor seen;      // [B, V] bool, or undefined: no repetition penalty
@@ -80,6 +81,8 @@ class DecodeStep {
   int64_t first_slot_ = 0;   // the first call's cache column
   int64_t calls_ = 0;
   bool picks_ = false;
+  decode_ops::StepBegin begun_;  // the rows' embeddings and RoPE tables for the coming step
+  bool chained_ = false;         // the previous step's pick made begun_ (no step_begin launch)
   struct Graph;
   std::unique_ptr<Graph> graph_;
   bool want_graph_;
