@@ -38,8 +38,9 @@ class DecodeStep {
   // argmax, seen and finished updated), writes its rows' tokens to column 1, 2, ... of `out`
   // for its first, second, ... call and consumes them at the next call, so the host only
   // replays the step: no logits conversion, pick, copy, step-end or step-begin launch of its
-  // own between two steps (the pick also embeds its tokens for the next step). Call before the first run(); false, and nothing changes, where it does not apply
-  // (the step does not run the decoding kernels, or decode_ops::step_pick() is off).
+  // own between two steps (the pick also embeds its tokens for the next step). Call before the
+  // first run(); false, and nothing changes, where it does not apply (the step does not run the
+  // decoding kernels, or decode_ops::step_pick() is off).
   struct GreedyPick {
     torch::Tensor seen;      // [B, V] bool, or undefined: no repetition penalty
     double penalty = 1.0;
