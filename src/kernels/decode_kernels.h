@@ -41,7 +41,8 @@ void add_rms_norm_bf16(const void* x, const void* y, const void* w, void* h, voi
 // The columns are split into plan.splits ranges processed by separate blocks (flash-decoding);
 // the last block of each (row, head) to finish merges them. `workspace` holds
 // B * H * splits * (D + 2) floats; `arrivals` B * H ints that are zero on entry and left zero
-// (one set per stream of launches: concurrent launches must not share it). D in {32, 64, 128,
+// (one set per stream of launches: concurrent launches must not share it); with one split
+// neither is touched (null is fine). D in {32, 64, 128,
 // 256}, splits <= 128. A row with no allowed column gets zeros. rope.qkv set (and a slot): q is
 // ignored; the query is rope(q) of the packed projection rows [B, (H + 2 Hkv) * D], and column
 // *slot of the caches gets rope(k) and v before any block reads it (same bf16 rounding as the

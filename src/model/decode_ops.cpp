@@ -152,15 +152,19 @@ torch::Tensor split_kv_attention(const torch::Tensor& q, int64_t B, int64_t H, i
   c10::cuda::CUDAGuard guard(k_cache.device());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto plan = kernels::decode_attention_plan(B, H, capacity, D, sms);
-  auto workspace = torch::empty({B * H * plan.splits * (D + 2)}, options.dtype(torch::kFloat));
   auto out = torch::empty({B, H * D}, options);
   GMSA_CHECK(!arrivals.defined() || (arrivals.is_cuda() && arrivals.scalar_type() == torch::kInt &&
                                      arrivals.is_contiguous() && arrivals.numel() >= B * H),
              "decode attention: arrivals must be {} contiguous int32 zeros on the device", B * H);
-  auto counts = arrivals.defined() ? arrivals : torch::zeros({B * H}, options.dtype(torch::kInt));
+  // One split writes its output itself: no workspace or arrival counts to allocate.
+  const bool merges = plan.splits > 1;
+  auto workspace =
+      merges ? torch::empty({B * H * plan.splits * (D + 2)}, options.dtype(torch::kFloat)) : torch::Tensor();
+  auto counts = !merges || arrivals.defined() ? arrivals : torch::zeros({B * H}, options.dtype(torch::kInt));
   kernels::decode_attention_bf16(q.defined() ? q.data_ptr() : nullptr, k_cache.data_ptr(), v_cache.data_ptr(),
                                  key_mask.data_ptr<bool>(), slot.defined() ? slot.data_ptr<int64_t>() : nullptr,
-                                 out.data_ptr(), workspace.data_ptr<float>(), counts.data_ptr<int>(), B, H, Hkv, D,
+                                 out.data_ptr(), merges ? workspace.data_ptr<float>() : nullptr,
+                                 counts.defined() ? counts.data_ptr<int>() : nullptr, B, H, Hkv, D,
                                  capacity, plan, static_cast<float>(scale), early_kv, on_stream(warm, B), rope);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
