@@ -757,17 +757,28 @@ int64_t whole_wave_splits(int64_t batch, int64_t heads, int64_t capacity, int64_
 
 AttentionPlan decode_attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms) {
   const AttentionPlan four{whole_wave_splits(batch, heads, capacity, attention_blocks_per_sm(dim, 4) * int64_t{sms}), 4};
-  // A warp's rounds of key loads with four steps: each round waits out one memory latency. Where
-  // they are few (batch 1: ~3) the kernel is latency-bound, and eight steps per round halve them,
-  // at fewer blocks per multiprocessor (registers). Only where those blocks still make one wave
-  // of at least 90% of the slots: a second wave costs more than the rounds save (GMSA 8x at
-  // batch 16: 6.51 -> 6.74 ms per step with 5 splits over 4 waves).
-  const int64_t keys_per_round = (256 / dim) * 4, per_round = four.splits * kAttnWarps * keys_per_round;
-  if ((capacity + per_round - 1) / per_round > kAttentionLatencyBoundRounds) return four;
   const int64_t slots = attention_blocks_per_sm(dim, 8) * int64_t{sms}, blocks = std::max<int64_t>(batch * heads, 1);
-  const AttentionPlan eight{whole_wave_splits(batch, heads, capacity, slots), 8};
-  const int64_t used = blocks * eight.splits;
-  return used <= slots && 10 * used >= 9 * slots ? eight : four;
+  // A warp's rounds of key loads: each round waits out one memory latency.
+  const auto rounds = [&](const AttentionPlan& p) {
+    const int64_t per_round = p.splits * kAttnWarps * (256 / dim) * p.steps;
+    return (capacity + per_round - 1) / per_round;
+  };
+  // Where the 4-step rounds are few (batch 1: ~3) the kernel is latency-bound, and eight steps
+  // per round halve them, at fewer blocks per multiprocessor (registers). Only where those blocks
+  // still make one wave of at least 90% of the slots: a second wave costs more than the rounds
+  // save (GMSA 8x at batch 16: 6.51 -> 6.74 ms per step with 5 splits over 4 waves).
+  if (rounds(four) <= kAttentionLatencyBoundRounds) {
+    const AttentionPlan eight{whole_wave_splits(batch, heads, capacity, slots), 8};
+    const int64_t used = blocks * eight.splits;
+    if (used <= slots && 10 * used >= 9 * slots) return eight;
+  }
+  // Short caches where one block per (row, head) fills most of one wave (batch 16: 512 blocks,
+  // 78% of 660): one split of 8 steps, whose blocks write their output themselves, no merge
+  // (GMSA 4x at batch 16, 880 columns, 14 rounds: 7.581 -> 7.538 ms per step; 2x, 1,630
+  // columns, 26 rounds: 9.636 -> 9.70, so longer caches keep the split).
+  const AttentionPlan single{1, 8};
+  if (blocks <= slots && 4 * blocks >= 3 * slots && rounds(single) <= kAttentionShortCacheRounds) return single;
+  return four;
 }
 
 void decode_attention_bf16(const void* q, void* k_cache, void* v_cache, const bool* key_mask,

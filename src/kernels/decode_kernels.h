@@ -69,9 +69,12 @@ bool decode_attention_supports(int64_t dim);
 // The plan for a shape on `sms` multiprocessors: splits that fill whole waves at the kernel's
 // occupancy; 8 steps where 4 would leave each warp at most kAttentionLatencyBoundRounds rounds
 // and the 8-step blocks (5 per multiprocessor instead of 8) fill one wave (7B shape, H100:
-// batch 1, original prompt, 5.585 -> 5.521 ms per token; batch 16 keeps 4 steps:
-// docs/performance.md).
+// batch 1, original prompt, 5.585 -> 5.521 ms per token; docs/performance.md).
 constexpr int64_t kAttentionLatencyBoundRounds = 8;
+// Otherwise one split of 8 steps (no merge) where one block per (row, head) fills at least 75%
+// of a wave and its warps have at most this many rounds (batch 16: GMSA 4x and 8x, not 2x or the
+// original prompt; docs/performance.md).
+constexpr int64_t kAttentionShortCacheRounds = 16;
 AttentionPlan decode_attention_plan(int64_t batch, int64_t heads, int64_t capacity, int64_t dim, int sms);
 
 // Where a decoding step's beginning writes, per row b: resid[b] = embed[token] (bf16 [V, hidden],
