@@ -39,13 +39,10 @@ if want sweep; then
 fi
 if want serve; then
   run serve_b16 "$g" bench infer $nq --batch 16 --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b16.json"
-  # The original prompt's largest batch on an 80 GB H100 is 32 (74.0 GiB peak); the compressed
-  # prompts fit more rows. At 2d992c0 and later the allocator's default segments leave its first
-  # prefill 3.98 GiB short (7.05 GiB reserved but unallocated: fragmentation); with expandable
-  # segments it runs (docs/performance.md, seventeenth session).
+  # The original prompt's largest batch on an 80 GB H100 is 32 (73,502 MiB peak since the MLP
+  # runs in row chunks; docs/performance.md, eighteenth session); the compressed prompts fit more.
   for b in ${SERVE_BATCHES-32}; do
-    run serve_b$b env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$g" bench infer $nq --batch "$b" --rates 4,8 \
-      --repeats 3 --warmup 1 --json "$out/serve_b$b.json"
+    run serve_b$b "$g" bench infer $nq --batch "$b" --rates 4,8 --repeats 3 --warmup 1 --json "$out/serve_b$b.json"
   done
   for b in ${SERVE_COMPRESSED_BATCHES-64 96}; do
     run serve_b${b}_compressed "$g" bench infer $nq --batch "$b" --rates 4,8 --repeats 3 --warmup 1 --skip-original \

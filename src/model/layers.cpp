@@ -1,5 +1,6 @@
 #include "gmsa/model/layers.h"
 
+#include <atomic>
 #include <cmath>
 
 #include "gmsa/model/compat.h"
@@ -319,7 +320,34 @@ PackedProjections MLPImpl::packed_gate_up() {
   return gate_up_;
 }
 
+namespace {
+std::atomic<int64_t> g_mlp_chunk_rows{65536};
+}  // namespace
+
+void MLPImpl::set_chunk_rows(int64_t rows) {
+  GMSA_CHECK(rows >= 0, "MLP chunk rows must be >= 0 (0: never chunk), got {}", rows);
+  g_mlp_chunk_rows = rows;
+}
+int64_t MLPImpl::chunk_rows() { return g_mlp_chunk_rows; }
+
 torch::Tensor MLPImpl::forward(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
+  const int64_t limit = chunk_rows(), width = x.dim() > 0 ? x.size(-1) : 0;
+  const int64_t rows = width > 0 ? x.numel() / width : 0;
+  const bool chunked = reuse && residual.defined() && limit > 0 && rows > limit && !is_training() &&
+                       !torch::GradMode::is_enabled() && x.is_contiguous() && residual.is_contiguous() &&
+                       residual.dim() > 0 && residual.numel() == rows * residual.size(-1);
+  if (!chunked) return forward_rows(x, residual, reuse);
+  auto x2 = x.view({rows, width}), r2 = residual.view({rows, residual.size(-1)});
+  const int64_t chunks = (rows + limit - 1) / limit, step = (rows + chunks - 1) / chunks;
+  for (int64_t first = 0; first < rows; first += step) {
+    auto r = r2.narrow(0, first, std::min(step, rows - first));
+    auto out = forward_rows(x2.narrow(0, first, r.size(0)), r, /*reuse=*/true);
+    if (out.data_ptr() != r.data_ptr()) r.copy_(out);  // a path that did not sum in place
+  }
+  return residual;
+}
+
+torch::Tensor MLPImpl::forward_rows(const torch::Tensor& x, const torch::Tensor& residual, bool reuse) {
   torch::Tensor gate, up;
   auto p = torch::GradMode::is_enabled() ? PackedProjections() : packed_gate_up();
   if (p.defined() && p.weight.scalar_type() == x.scalar_type()) {

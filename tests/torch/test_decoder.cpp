@@ -354,6 +354,42 @@ TEST_P(DecoderFamilies, PackedProjectionsKeepTheFunction) {
   }
 }
 
+TEST(MLP, InferenceOnManyRowsRunsInRowChunks) {
+  // Chunks of at most 7 of the 30 rows (5 chunks of 6): the block's output is what it is whole,
+  // summed in place into the residual, which comes back itself (the whole-rows path returns a
+  // view of it).
+  auto d = make("llama", 6);
+  d->pack_projections();
+  d->eval();
+  torch::NoGradGuard g;
+  auto mlp = d->model->layer(0)->mlp;
+  const int64_t hidden = mlp->gate_proj->in_features;
+  auto x = torch::randn({3, 10, hidden}), residual = torch::randn({3, 10, hidden});
+  struct Restore {
+    int64_t rows = MLPImpl::chunk_rows();
+    ~Restore() { MLPImpl::set_chunk_rows(rows); }
+  } restore;
+  MLPImpl::set_chunk_rows(0);
+  auto whole_in = residual.clone();
+  auto whole = mlp->forward(x, whole_in, /*reuse=*/true);
+  EXPECT_FALSE(whole.is_same(whole_in));
+  MLPImpl::set_chunk_rows(7);
+  auto chunked_in = residual.clone();
+  auto chunked = mlp->forward(x, chunked_in, /*reuse=*/true);
+  EXPECT_TRUE(chunked.is_same(chunked_in));
+  EXPECT_LT(max_rel_diff(chunked, whole), 1e-6);
+  // Without reuse the residual is left alone, so the rows run whole.
+  auto kept = residual.clone();
+  EXPECT_LT(max_rel_diff(mlp->forward(x, kept), whole), 1e-6);
+  EXPECT_TRUE(torch::equal(kept, residual));
+  // The whole decoder, chunked and not.
+  auto ids = random_ids(3, 10, 97, 11);
+  auto logits_chunked = d->forward({ids}).logits;
+  MLPImpl::set_chunk_rows(0);
+  EXPECT_LT(max_rel_diff(logits_chunked, d->forward({ids}).logits), 1e-5);
+  EXPECT_THROW(MLPImpl::set_chunk_rows(-1), std::exception);
+}
+
 TEST(PackedProjections, ReplacedOrAdaptedWeightsBreakThePack) {
   auto d = make("llama", 6);
   d->pack_projections();

@@ -149,13 +149,24 @@ class MLPImpl : public torch::nn::Module {
  public:
   explicit MLPImpl(const ModelConfig& cfg);
   // down(silu(gate(x)) * up(x)); plus `residual` when given (Linear::forward_add, `reuse` as there).
+  // For inference with `reuse` on more than chunk_rows() rows it runs on equal row chunks of at
+  // most that many, each summed into its rows of `residual`, which it returns: the gate/up
+  // intermediate (2 x intermediate values per row) is allocated a chunk at a time.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& residual = {}, bool reuse = false);
   void pack_projections();
   // The packed gate/up projection ([2 * intermediate, hidden]), or undefined.
   PackedProjections packed_gate_up();
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
+  // Process-wide; 0: never chunk. The default, 65,536 rows, keeps the 7B shape's gate/up product
+  // under 2.7 GiB: a prefill of 32 x 3,030 tokens asked for 3.98 GiB in one piece and, with the
+  // allocator's default segments, no longer found it (docs/performance.md). Batch 16's prefill
+  // and compression (48,480 and 48,000 rows) run whole.
+  static void set_chunk_rows(int64_t rows);
+  static int64_t chunk_rows();
+
  private:
+  torch::Tensor forward_rows(const torch::Tensor& x, const torch::Tensor& residual, bool reuse);
   PackedProjections gate_up_;
 };
 TORCH_MODULE(MLP);
