@@ -81,7 +81,6 @@ bool DecodeStep::pick_greedily(GreedyPick pick) {
              device.str());
   pick_ = std::move(pick);
   ticket_ = torch::zeros({1}, tokens_.options().dtype(torch::kInt));
-  picks_ = true;
   return true;
 }
 
@@ -230,7 +229,7 @@ torch::Tensor DecodeStep::forward_kernels() {
     qkv_w = next_qkv;
   }
   auto logits = start_block(head, {}, first_qkv.weight);
-  if (picks_) {  // the pick feeds tokens_, advances positions_ and slot_, and begins the next step
+  if (picks()) {  // the pick feeds tokens_, advances positions_ and slot_, and begins the next step
     const bool chain = begun_.embeds.defined();
     const decode_ops::NextBegin next{begun_, body->embed_tokens->weight, dec_->inv_freq, key_mask_};
     GMSA_CHECK(decode_ops::greedy_step_pick(logits, pick_.seen, pick_.penalty, pick_.eos, tokens_, pick_.out,
@@ -275,7 +274,7 @@ torch::Tensor DecodeStep::forward() {
 
 torch::Tensor DecodeStep::run(const torch::Tensor& tokens) {
   torch::NoGradGuard no_grad;
-  GMSA_CHECK(tokens.defined() || (picks_ && calls_ > 0), "decode step: no tokens to consume");
+  GMSA_CHECK(tokens.defined() || (picks() && calls_ > 0), "decode step: no tokens to consume");
   if (tokens.defined()) tokens_.copy_(tokens, /*non_blocking=*/true);
   ++calls_;
   ++cache_.length;  // host bookkeeping only; the step itself reads slot_

@@ -67,6 +67,7 @@ class DecodeStep {
   torch::Tensor forward_kernels();
   bool kernels_apply() const;
   bool norm_fusion_applies() const;
+  bool picks() const { return pick_.out.defined(); }  // pick_greedily took effect
 
   Decoder dec_;
   KVCache& cache_;
@@ -77,11 +78,10 @@ class DecodeStep {
   torch::Tensor columns_;    // [capacity] int64: 0..capacity-1, for the sliding window
   torch::Tensor logits_;     // the graph's output buffer
   torch::Tensor arrivals_;   // [B * H] int32 zeros: decode_ops::attention's per-head counters
-  GreedyPick pick_;          // with picks_: the in-step pick's outputs
+  GreedyPick pick_;          // the in-step pick's outputs; out undefined: no pick in the step
   torch::Tensor ticket_;     // [1] int32 zero: greedy_step_pick's count of finished rows
   int64_t first_slot_ = 0;   // the first call's cache column
   int64_t calls_ = 0;
-  bool picks_ = false;
   decode_ops::StepBegin begun_;  // the rows' embeddings and RoPE tables for the coming step
   bool chained_ = false;         // the previous step's pick made begun_ (no step_begin launch)
   struct Graph;
